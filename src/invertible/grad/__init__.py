@@ -1,0 +1,1 @@
+"""Gradient transforms that drop in where `eqx.filter_grad` stands."""

@@ -1,0 +1,46 @@
+"""Invertible elementwise activations."""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._abstract import AbstractInvertible
+from .._checks import check_input
+
+
+class LeakyReLU(AbstractInvertible):
+    """`y = x` for `x >= 0`, `y = a x` otherwise, with slope `a > 0`: invertible."""
+
+    negative_slope: float = eqx.field(static=True)
+
+    def __init__(self, negative_slope: float = 0.01):
+        """**Arguments:**
+
+        - `negative_slope`: the slope `a` for negative inputs; must be positive (a
+          zero slope is plain ReLU, which is not invertible: use
+          `invertible.ReLU`).
+        """
+        if not negative_slope > 0:
+            raise ValueError(
+                f"LeakyReLU: `negative_slope` must be positive to be invertible, got "
+                f"{negative_slope}. For a zero slope use `invertible.ReLU`."
+            )
+        self.negative_slope = float(negative_slope)
+
+    def _slope(self, x: Array) -> Array:
+        return jnp.where(x >= 0, 1.0, self.negative_slope).astype(x.dtype)
+
+    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        check_input(self, x)
+        return x * self._slope(x)
+
+    def inverse(self, y: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        check_input(self, y)
+        return y / self._slope(y)
+
+    def inverse_jvp(
+        self, x: Float[Array, "*shape"], ct_x: Float[Array, "*shape"]
+    ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
+        check_input(self, x)
+        slope = self._slope(x)
+        return x * slope, ct_x / slope

@@ -1,0 +1,139 @@
+"""The registry of layer constructors that every property test runs over.
+
+Each entry says how to build a layer for a given per-example input shape, which
+shapes it accepts (a hypothesis strategy) and what kind of layer it is. Add a layer
+to the library, add it here: every property in `test_layer_properties.py` then
+covers it, and a missing method fails (abstract classes cannot be instantiated).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+import invertible as inv
+
+Kind = Literal["invertible", "right-invertible", "fragment"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerEntry:
+    name: str
+    kind: Kind
+    build: Callable[[jax.Array, tuple[int, ...]], Any]  # (key, input shape) -> layer
+    shapes: st.SearchStrategy[tuple[int, ...]]
+
+    def __repr__(self):
+        return self.name
+
+
+# Shapes come from small fixed menus: every new shape costs a compile (seconds on
+# CI's two cores), and the layers' logic does not depend on the sizes beyond
+# evenness and divisibility, which the menus cover. Hypothesis varies the seeds
+# (weights, inputs, cotangents) freely.
+VECTORS = [(2,), (4,), (6,)]
+IMAGES = [(2, 2, 2), (4, 2, 4), (8, 4, 2)]
+
+
+def shapes(
+    *,
+    vectors: bool = True,
+    images: bool = True,
+    channel_multiple: int = 1,
+    spatial_multiple: int = 1,
+) -> st.SearchStrategy[tuple[int, ...]]:
+    menu = (VECTORS if vectors else []) + (IMAGES if images else [])
+    fits = [
+        s
+        for s in menu
+        if s[0] % channel_multiple == 0
+        and all(n % spatial_multiple == 0 for n in s[1:])
+    ]
+    return st.sampled_from(fits)
+
+
+def mlp_or_conv(key, half_shape, out_channels=None):
+    """A small non-invertible residual/conditioner for a half of the given shape."""
+    c = half_shape[0]
+    out = c if out_channels is None else out_channels
+    if len(half_shape) == 1:
+        return eqx.nn.MLP(c, out, 8, 2, activation=jnp.tanh, key=key)
+    k1, k2 = jr.split(key)
+    return eqx.nn.Sequential(
+        [
+            eqx.nn.Conv2d(c, 4, 3, padding=1, key=k1),
+            eqx.nn.Lambda(jnp.tanh),
+            eqx.nn.Conv2d(4, out, 3, padding=1, key=k2),
+        ]
+    )
+
+
+def _additive(key, shape, swap):
+    half = (shape[0] // 2, *shape[1:])
+    return inv.AdditiveCoupling(mlp_or_conv(key, half), swap=swap)
+
+
+REGISTRY: list[LayerEntry] = [
+    LayerEntry(
+        "AdditiveCoupling",
+        "invertible",
+        lambda key, shape: _additive(key, shape, swap=False),
+        shapes(channel_multiple=2),
+    ),
+    LayerEntry(
+        "AdditiveCoupling(swap)",
+        "invertible",
+        lambda key, shape: _additive(key, shape, swap=True),
+        shapes(channel_multiple=2),
+    ),
+    LayerEntry(
+        "LeakyReLU", "invertible", lambda key, shape: inv.LeakyReLU(0.1), shapes()
+    ),
+]
+
+
+def to_float64(tree):
+    return jax.tree.map(
+        lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
+        tree,
+    )
+
+
+def random_like(key, tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jr.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jr.normal(k, leaf.shape, leaf.dtype)
+            for k, leaf in zip(keys, leaves, strict=True)
+        ],
+    )
+
+
+@eqx.filter_jit
+def _build(make, key, shape):
+    k_layer, k_x = jr.split(key)
+    return to_float64(make(k_layer, shape)), jr.normal(k_x, shape, jnp.float64)
+
+
+def build(entry: LayerEntry, seed: int, shape: tuple[int, ...]):
+    """A float64 layer and a float64 input for it, built under `jit`.
+
+    Compiled once per (entry, shape): hypothesis varies the seed freely, while
+    eager construction would recompile every small op for every new shape.
+    """
+    return _build(entry.build, jr.key(seed), shape)
+
+
+def assert_close(a, b, rtol=1e-10, atol=1e-12):
+    a_leaves, b_leaves = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(a_leaves, b_leaves, strict=True):
+        assert x.shape == y.shape, (x.shape, y.shape)
+        assert jnp.allclose(x, y, rtol=rtol, atol=atol), float(jnp.max(jnp.abs(x - y)))
