@@ -1,0 +1,128 @@
+"""The public gradient transforms."""
+
+import functools as ft
+from collections.abc import Callable
+
+from ._checkpointed import checkpointed_rule
+from ._mixed import mixed_rule
+from ._moonwalk import moonwalk_rule
+from ._reversible import reversible_rule
+from ._transform import chain_transform, sentinel
+
+_CONVENTION = """
+    Same calling convention as `eqx.filter_grad`: use it as `{name}(fun, ...)`, as a
+    decorator with or without keyword arguments, or on a method. Gradients are taken
+    with respect to the floating-point arrays of the first positional argument;
+    other leaves get `None`.
+"""
+
+
+def mixed_grad(
+    fun: Callable = sentinel, *, has_aux: bool = False, anchor_every: int | None = 8
+):
+    """Exact gradients by Mixed mode: drop-in for `eqx.filter_grad`.
+
+    Every `invertible.Sequential` and `invertible.ScannedSequential` reached from the
+    first argument is differentiated in two phases. Phase 1 runs with the forward
+    pass and keeps only what the *input* path of the reverse pass needs (e.g. ReLU
+    masks, never layer inputs) to get the chain's input cotangent `h_0`; it also
+    records fragments of non-submersive layers and *anchors*. Phase 2 sweeps
+    forwards with each layer's `inverse_jvp`, taking parameter gradients on the way
+    with only the current activation alive. Everything outside the chains (a stem,
+    a head, the loss) is differentiated by ordinary reverse mode.
+
+    **Arguments:**
+
+    - `fun`: a scalar function whose first argument is the model.
+    - `has_aux`: whether `fun` returns `(value, aux)`.
+    - `anchor_every`: record the exact cotangent every this many layers and reset
+      the sweep to it. The vijp recursion multiplies round-off by inverse
+      Jacobians; anchors bound that growth at the cost of one cotangent per
+      `anchor_every` layers. `None` turns anchors off.
+
+    **Returns:**
+
+    A function with the signature of `fun` returning the gradients (and `aux`).
+    """
+    if fun is sentinel:
+        return ft.partial(mixed_grad, has_aux=has_aux, anchor_every=anchor_every)
+    rule = mixed_rule(anchor_every)
+    return chain_transform(fun, rule, has_aux=has_aux, value=False)
+
+
+def mixed_value_and_grad(
+    fun: Callable = sentinel, *, has_aux: bool = False, anchor_every: int | None = 8
+):
+    """As [`invertible.grad.mixed_grad`][], returning `(value, grads)` like
+    `eqx.filter_value_and_grad`."""
+    if fun is sentinel:
+        return ft.partial(
+            mixed_value_and_grad, has_aux=has_aux, anchor_every=anchor_every
+        )
+    rule = mixed_rule(anchor_every)
+    return chain_transform(fun, rule, has_aux=has_aux, value=True)
+
+
+def moonwalk_grad(
+    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 64
+):
+    """Exact gradients by pure Moonwalk (inverse-forward): no stored activations.
+
+    The chain's input cotangent `h_0` is built by forward mode, one JVP per input
+    element (per example), `chunk_size` of them at a time; then the forward sweep
+    as in [`invertible.grad.mixed_grad`][]. Memory does not grow with depth; time
+    grows with the input size, so it suits chains with small inputs. Every layer of
+    a chain must be submersive (non-submersive layers need `mixed_grad`).
+
+    **Arguments:**
+
+    - `fun`: a scalar function whose first argument is the model.
+    - `has_aux`: whether `fun` returns `(value, aux)`.
+    - `chunk_size`: how many JVPs run at once (`None`: all); trades memory for time.
+
+    **Returns:**
+
+    A function with the signature of `fun` returning the gradients (and `aux`).
+    """
+    if fun is sentinel:
+        return ft.partial(moonwalk_grad, has_aux=has_aux, chunk_size=chunk_size)
+    return chain_transform(fun, moonwalk_rule(chunk_size), has_aux=has_aux, value=False)
+
+
+def moonwalk_value_and_grad(
+    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 64
+):
+    """As [`invertible.grad.moonwalk_grad`][], returning `(value, grads)`."""
+    if fun is sentinel:
+        return ft.partial(
+            moonwalk_value_and_grad, has_aux=has_aux, chunk_size=chunk_size
+        )
+    return chain_transform(fun, moonwalk_rule(chunk_size), has_aux=has_aux, value=True)
+
+
+def checkpointed_grad(fun: Callable = sentinel, *, has_aux: bool = False):
+    """Backprop with per-layer gradient checkpointing (`jax.checkpoint`) on chains.
+
+    Keeps each layer's input and recomputes the layer during the reverse pass. A
+    comparison method.
+    """
+    if fun is sentinel:
+        return ft.partial(checkpointed_grad, has_aux=has_aux)
+    return chain_transform(fun, checkpointed_rule(), has_aux=has_aux, value=False)
+
+
+def reversible_grad(fun: Callable = sentinel, *, has_aux: bool = False):
+    """Reversible backprop (RevBackprop, Gomez et al. 2017) on chains.
+
+    Keeps only each chain's output and rebuilds every layer's input with its
+    `inverse` during the reverse pass: constant memory, but round-off in the
+    reconstruction grows with depth (see the accuracy benchmark). Every layer must
+    be an `invertible.AbstractInvertible`. A comparison method.
+    """
+    if fun is sentinel:
+        return ft.partial(reversible_grad, has_aux=has_aux)
+    return chain_transform(fun, reversible_rule(), has_aux=has_aux, value=False)
+
+
+for _f in (checkpointed_grad, reversible_grad):
+    _f.__doc__ += _CONVENTION.format(name=_f.__name__)

@@ -1,0 +1,30 @@
+"""Backprop with per-layer `jax.checkpoint`: keeps layer inputs, not internals."""
+
+import equinox as eqx
+import jax
+from jaxtyping import Array
+
+from ..layers._sequential import Sequential
+from ._chain import Chain, check_chain_input, split_stack, stacked_layer
+
+
+@eqx.filter_checkpoint
+def _apply_layer(layer, x):
+    return layer(x)
+
+
+def checkpointed_rule():
+    def rule(chain: Chain, x: Array) -> Array:
+        check_chain_input(chain, x)
+        if isinstance(chain, Sequential):
+            for layer in chain.layers:
+                x = _apply_layer(layer, x)
+            return x
+        stack = chain.layers
+
+        def step(x, params):
+            return _apply_layer(stacked_layer(stack, params), x), None
+
+        return jax.lax.scan(step, x, split_stack(stack))[0]
+
+    return rule
