@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the test suite. Works on a fresh machine with only Python >= 3.11 and pip:
+# creates (or reuses) the virtual environment .venv, installs the package with its
+# `test` extra, then runs pytest. Extra arguments go to pytest:
+#
+#   bash test.sh                      # everything
+#   bash test.sh -k coupling -x       # a subset
+#
+# PYTHON=python3.12 or VENV=/some/dir override the interpreter or the environment.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source scripts/venv.sh
+
+section "set-up: virtual environment with .[test]"
+ensure_venv test
+
+section "tests: python -m pytest $*"
+start=$SECONDS
+status=0
+python -m pytest -ra --durations=5 "$@" || status=$?
+echo "test wall time: $((SECONDS - start)) s"
+if [ "$status" -eq 5 ]; then
+    echo "error: pytest collected no tests (exit code 5); counting that as a failure." >&2
+    exit 1
+fi
+exit "$status"
