@@ -15,6 +15,7 @@ from jaxtyping import Array
 
 from .._abstract import AbstractNonSubmersive
 from ..layers._sequential import Sequential
+from ._batching import batch_aware
 from ._chain import (
     Chain,
     check_chain_input,
@@ -45,10 +46,26 @@ def mixed_rule(anchor_every: int | None):
         require_known(example_layers(chain), "mixed_grad")
         check_chain_input(chain, x)
         if isinstance(chain, Sequential):
-            return _mixed_layers((chain.layers, x), anchor_every)
-        return _mixed_stack((chain.layers, x), anchor_every, chain.length)
+            apply = lambda layers, x, _: _mixed_layers((layers, x), anchor_every)
+        else:
+            length = chain.length
+            apply = lambda stack, x, _: _mixed_stack((stack, x), anchor_every, length)
+        return batch_aware(apply)(chain.layers, x)
 
     return rule
+
+
+def _saveable(primitive, *_, **__) -> bool:
+    # Phase 1 keeps whatever the input path needs, except broadcasts: `jax.nn.relu`'s
+    # JVP rule broadcasts a zero to the layer's width, and keeping it would cost four
+    # times the mask it sits beside. It is recomputed instead.
+    return primitive is not jax.lax.broadcast_in_dim_p
+
+
+def linearize_input_path(forward, *args):
+    """`jax.vjp` of the chain with the parameters held constant (closed over), so
+    reverse mode keeps only what the input path needs."""
+    return jax.vjp(jax.checkpoint(forward, policy=_saveable), *args)
 
 
 # ---------------------------------------------------------------- tuple of layers
@@ -99,7 +116,7 @@ def _mixed_layers_fwd(perturbed, vjp_arg, anchor_every):
         layers, segment_starts(len(layers), anchor_every)
     )
     taps = zeros_of(jax.eval_shape(tap_shapes, x0))
-    y, pullback = jax.vjp(forward, x0, *taps)
+    y, pullback = linearize_input_path(forward, x0, *taps)
     return y, pullback
 
 
@@ -184,7 +201,7 @@ def _mixed_stack_fwd(perturbed, vjp_arg, anchor_every, length):
     head, tail = split_segments(split_stack(stack), length, anchor_every)
     forward = _phase1_stack(stack, head, tail)
     anchors, fragments = _stack_taps(stack, head, tail, x0)
-    return jax.vjp(forward, x0, anchors, fragments)
+    return linearize_input_path(forward, x0, anchors, fragments)
 
 
 @_mixed_stack.def_bwd

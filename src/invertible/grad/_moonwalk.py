@@ -1,11 +1,14 @@
 """Pure Moonwalk: `h_0` by forward mode, then the forward sweep."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..layers._sequential import Sequential
+from ._batching import batch_aware
 from ._chain import (
     Chain,
     check_chain_input,
@@ -29,9 +32,12 @@ def moonwalk_rule(chunk_size: int | None):
     def rule(chain: Chain, x: Array) -> Array:
         require_submersive(example_layers(chain), "moonwalk_grad")
         check_chain_input(chain, x)
-        if isinstance(chain, Sequential):
-            return _moonwalk((chain.layers, x), chunk_size, None)
-        return _moonwalk((chain.layers, x), chunk_size, chain.length)
+        length = None if isinstance(chain, Sequential) else chain.length
+
+        def apply(layers, x, is_batch):
+            return _moonwalk((layers, x), chunk_size, length, is_batch)
+
+        return batch_aware(apply)(chain.layers, x)
 
     return rule
 
@@ -48,36 +54,48 @@ def _apply(layers, length, x):
     return jax.lax.scan(step, x, split_stack(layers))[0]
 
 
-def input_cotangent_by_jvps(f, x0: Array, ct_y: Array, chunk_size: int | None):
-    """`ct_y · ∂f/∂x0`, one JVP per element of `x0`: forward mode only."""
+def input_cotangent_by_jvps(
+    f, x0: Array, ct_y: Array, chunk_size: int | None, is_batch: bool
+):
+    """`ct_y · ∂f/∂x0`, one JVP per element of an example: forward mode only.
+
+    With `is_batch`, axis 0 of `x0` indexes independent examples: each JVP moves
+    the same element of every example at once.
+    """
+    example_shape = x0.shape[1:] if is_batch else x0.shape
+    size = math.prod(example_shape)
 
     def along_basis(index):
-        tangent = jnp.zeros(x0.size, x0.dtype).at[index].set(1).reshape(x0.shape)
-        return jnp.vdot(ct_y, jax.jvp(f, (x0,), (tangent,))[1])
+        basis = jnp.zeros(size, x0.dtype).at[index].set(1).reshape(example_shape)
+        tangent = jnp.broadcast_to(basis, x0.shape)
+        moved = jax.jvp(f, (x0,), (tangent,))[1] * ct_y
+        return (
+            jnp.sum(moved.reshape(moved.shape[0], -1), 1) if is_batch else moved.sum()
+        )
 
-    indices = jnp.arange(x0.size)
-    return jax.lax.map(along_basis, indices, batch_size=chunk_size).reshape(x0.shape)
+    columns = jax.lax.map(along_basis, jnp.arange(size), batch_size=chunk_size)
+    return (columns.T if is_batch else columns).reshape(x0.shape)
 
 
 @eqx.filter_custom_vjp
-def _moonwalk(vjp_arg, chunk_size, length):
+def _moonwalk(vjp_arg, chunk_size, length, is_batch):
     layers, x = vjp_arg
     return _apply(layers, length, x)
 
 
 @_moonwalk.def_fwd
-def _moonwalk_fwd(perturbed, vjp_arg, chunk_size, length):
+def _moonwalk_fwd(perturbed, vjp_arg, chunk_size, length, is_batch):
     del perturbed
     layers, x = vjp_arg
     return _apply(layers, length, x), None  # nothing stored but the inputs
 
 
 @_moonwalk.def_bwd
-def _moonwalk_bwd(residuals, ct_y, perturbed, vjp_arg, chunk_size, length):
+def _moonwalk_bwd(residuals, ct_y, perturbed, vjp_arg, chunk_size, length, is_batch):
     del residuals
     layers, x0 = vjp_arg
     h0 = input_cotangent_by_jvps(
-        lambda x: _apply(layers, length, x), x0, ct_y, chunk_size
+        lambda x: _apply(layers, length, x), x0, ct_y, chunk_size, is_batch
     )
     if length is None:
         grads = sweep_layers(layers, (0,), x0, h0, (), ())

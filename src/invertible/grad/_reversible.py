@@ -5,6 +5,7 @@ import jax
 from jaxtyping import Array
 
 from ..layers._sequential import Sequential
+from ._batching import batch_aware
 from ._chain import (
     Chain,
     barrier,
@@ -23,7 +24,8 @@ def reversible_rule():
         require_invertible(example_layers(chain), "reversible_grad")
         check_chain_input(chain, x)
         length = None if isinstance(chain, Sequential) else chain.length
-        return _reversible((chain.layers, x), length)
+        apply = lambda layers, x, _: _reversible((layers, x), length)
+        return batch_aware(apply)(chain.layers, x)
 
     return rule
 
