@@ -11,5 +11,5 @@ source scripts/venv.sh
 section "set-up: virtual environment with .[bench]"
 ensure_venv bench
 
-section "demo: python -m invertible.bench demo --quick $*"
+section "demo: python -m invertible.bench demo --quick${*:+ $*}"
 exec python -m invertible.bench demo --quick "$@"

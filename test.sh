@@ -14,7 +14,7 @@ source scripts/venv.sh
 section "set-up: virtual environment with .[test]"
 ensure_venv test
 
-section "tests: python -m pytest $*"
+section "tests: python -m pytest${*:+ $*}"
 start=$SECONDS
 status=0
 python -m pytest -ra --durations=5 "$@" || status=$?

@@ -13,6 +13,7 @@
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
+export PIP_PROGRESS_BAR=off
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$REPO_ROOT/.venv}"
@@ -20,6 +21,22 @@ PYTHON="${PYTHON:-python3}"
 
 section() {
     printf '\n==== %s ====\n' "$*"
+}
+
+# pip, quiet: its output is shown only on failure, else just its warnings and errors
+# (less the noise about configured package locations that do not exist).
+_pip() {
+    local log status=0
+    log="$(mktemp)"
+    "$VENV/bin/python" -m pip "$@" >"$log" 2>&1 || status=$?
+    if [ "$status" -ne 0 ]; then
+        cat "$log" >&2
+        echo "error: pip $* failed (exit code $status)" >&2
+    else
+        grep -v -e 'is ignored: it is neither a file nor a directory' "$log" || true
+    fi
+    rm -f "$log"
+    return "$status"
 }
 
 _make_venv() {
@@ -43,7 +60,7 @@ _make_venv() {
         PYTHONPATH="$tmp" "$PYTHON" -m virtualenv --quiet "$VENV"
         rm -rf "$tmp"
     fi
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    _pip install --quiet --upgrade pip
 }
 
 ensure_venv() {
@@ -67,10 +84,12 @@ print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
             spec="$REPO_ROOT[$extras]"
         fi
         echo "installing invertible (editable) with extras [${extras}] into $VENV"
-        "$VENV/bin/python" -m pip install --quiet --editable "$spec"
+        _pip install --quiet --editable "$spec"
         for extra in ${extras//,/ } base; do
             echo "$hash" >"$VENV/.stamps/$extra"
         done
+    else
+        echo "$VENV is up to date with pyproject.toml [${extras}]"
     fi
     export VIRTUAL_ENV="$VENV"
     export PATH="$VENV/bin:$PATH"
