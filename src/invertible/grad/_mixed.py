@@ -71,6 +71,22 @@ def linearize_input_path(forward, *args):
 # ---------------------------------------------------------------- tuple of layers
 
 
+def fenced(layer, x: Array) -> Array:
+    """`layer(x)` inside a `lax.cond` whose (always true) predicate XLA cannot fold.
+
+    In straight-line code XLA fuses a residual's producer into its consumer in the
+    reverse pass: a ReLU's `x > 0` is recomputed there, so the float pre-activation
+    is kept instead of the one-byte mask (4x the memory, measured). A branch is a
+    separate computation: the mask leaves it materialised. A `lax.scan` body is one
+    too, which is why stacks need no fence.
+    """
+    out = jax.eval_shape(layer, x)
+    always = jax.lax.optimization_barrier(jnp.bool_(True))
+    return jax.lax.cond(
+        always, lambda x: layer(x), lambda x: jnp.zeros(out.shape, out.dtype), x
+    )
+
+
 def _phase1_layers(layers, starts):
     """The chain as a function of its input and of zero 'tap' inputs whose
     cotangents are the anchors (at `starts[1:]`) and the fragments."""
@@ -80,7 +96,7 @@ def _phase1_layers(layers, starts):
         for i, layer in enumerate(layers):
             if i in starts[1:]:
                 x = tap((x, next(anchor_taps)), identity)
-            y = layer(x)
+            y = fenced(layer, x)
             if isinstance(layer, AbstractNonSubmersive):
                 y = tap((y, next(fragment_taps)), eqx.Partial(layer.fragment, x))
             x = y

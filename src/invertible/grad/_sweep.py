@@ -11,6 +11,7 @@ vijp of non-submersive layers.
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .._abstract import AbstractNonSubmersive
@@ -29,6 +30,13 @@ def sweep_step(layer: Any, x: Array, h: Array, fragment: PyTree = None):
     return barrier((y, h, param_grads(layer, x, h)))
 
 
+def fenced(f, *args):
+    out = jax.eval_shape(f, *args)
+    always = jax.lax.optimization_barrier(jnp.bool_(True))
+    zeros = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+    return jax.lax.cond(always, f, zeros, *args)
+
+
 def sweep_layers(layers, starts, x0, h0, anchors, fragments) -> tuple:
     """Sweep a tuple of layers. `anchors[j]` replaces `h` at layer `starts[j + 1]`;
     `fragments` holds one entry per non-submersive layer, in order."""
@@ -39,7 +47,7 @@ def sweep_layers(layers, starts, x0, h0, anchors, fragments) -> tuple:
         if i in starts[1:]:
             h = next(anchors)
         fragment = next(fragments) if isinstance(layer, AbstractNonSubmersive) else None
-        x, h, g = sweep_step(layer, x, h, fragment)
+        x, h, g = fenced(lambda x, h: sweep_step(layer, x, h, fragment), x, h)
         grads.append(g)
     return tuple(grads)
 
