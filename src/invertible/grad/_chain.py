@@ -62,6 +62,22 @@ def barrier(tree: PyTree) -> PyTree:
     return jax.lax.optimization_barrier(tree)
 
 
+def fenced(f, *args):
+    """`f(*args)` inside a `lax.cond` whose (always true) predicate XLA cannot fold.
+
+    In straight-line code (a `Sequential`, unlike a `lax.scan` body) XLA fuses and
+    schedules across the whole program: a ReLU's `x > 0` is recomputed in the
+    reverse pass, keeping the float pre-activation instead of the one-byte mask,
+    and the forward sweep is interleaved with phase 1 so that its activations
+    pile up (at backprop's memory, measured). A branch is a separate computation
+    that runs as a unit, like a scan body.
+    """
+    out = jax.eval_shape(f, *args)
+    always = jax.lax.optimization_barrier(jnp.bool_(True))
+    zeros = lambda *_: zeros_of(out)
+    return jax.lax.cond(always, f, zeros, *args)
+
+
 def param_grads(layer: Any, x: Array, ct_y: Array) -> PyTree:
     """`ct_y ∂layer(x)/∂θ`: the vjp with respect to the layer's parameters only."""
     _, vjp = eqx.filter_vjp(lambda layer: layer(x), layer)

@@ -20,6 +20,7 @@ from ._chain import (
     Chain,
     check_chain_input,
     example_layers,
+    fenced,
     identity,
     keep_perturbed,
     require_known,
@@ -69,22 +70,6 @@ def linearize_input_path(forward, *args):
 
 
 # ---------------------------------------------------------------- tuple of layers
-
-
-def fenced(layer, x: Array) -> Array:
-    """`layer(x)` inside a `lax.cond` whose (always true) predicate XLA cannot fold.
-
-    In straight-line code XLA fuses a residual's producer into its consumer in the
-    reverse pass: a ReLU's `x > 0` is recomputed there, so the float pre-activation
-    is kept instead of the one-byte mask (4x the memory, measured). A branch is a
-    separate computation: the mask leaves it materialised. A `lax.scan` body is one
-    too, which is why stacks need no fence.
-    """
-    out = jax.eval_shape(layer, x)
-    always = jax.lax.optimization_barrier(jnp.bool_(True))
-    return jax.lax.cond(
-        always, lambda x: layer(x), lambda x: jnp.zeros(out.shape, out.dtype), x
-    )
 
 
 def _phase1_layers(layers, starts):

@@ -8,14 +8,14 @@ replace the swept `h` to stop round-off from compounding; fragments complete the
 vijp of non-submersive layers.
 """
 
+import functools as ft
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .._abstract import AbstractNonSubmersive
-from ._chain import barrier, param_grads, stacked_layer
+from ._chain import barrier, fenced, param_grads, stacked_layer
 from ._segments import join_segments
 
 
@@ -30,13 +30,6 @@ def sweep_step(layer: Any, x: Array, h: Array, fragment: PyTree = None):
     return barrier((y, h, param_grads(layer, x, h)))
 
 
-def fenced(f, *args):
-    out = jax.eval_shape(f, *args)
-    always = jax.lax.optimization_barrier(jnp.bool_(True))
-    zeros = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
-    return jax.lax.cond(always, f, zeros, *args)
-
-
 def sweep_layers(layers, starts, x0, h0, anchors, fragments) -> tuple:
     """Sweep a tuple of layers. `anchors[j]` replaces `h` at layer `starts[j + 1]`;
     `fragments` holds one entry per non-submersive layer, in order."""
@@ -47,7 +40,7 @@ def sweep_layers(layers, starts, x0, h0, anchors, fragments) -> tuple:
         if i in starts[1:]:
             h = next(anchors)
         fragment = next(fragments) if isinstance(layer, AbstractNonSubmersive) else None
-        x, h, g = fenced(lambda x, h: sweep_step(layer, x, h, fragment), x, h)
+        x, h, g = fenced(ft.partial(sweep_step, layer, fragment=fragment), x, h)
         grads.append(g)
     return tuple(grads)
 
