@@ -75,7 +75,8 @@ def fenced(f, *args):
     out = jax.eval_shape(f, *args)
     always = jax.lax.optimization_barrier(jnp.bool_(True))
     zeros = lambda *_: zeros_of(out)
-    return jax.lax.cond(always, f, zeros, *args)
+    # `f` may be a module holding arrays: `cond` hashes its branches, so wrap it.
+    return jax.lax.cond(always, lambda *a: f(*a), zeros, *args)
 
 
 def param_grads(layer: Any, x: Array, ct_y: Array) -> PyTree:
