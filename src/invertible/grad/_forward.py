@@ -53,8 +53,11 @@ def forward_grad(
             tangent = jnp.zeros_like(flat).at[index].set(1)
             return jax.jvp(lambda p: loss(p)[0], (flat,), (tangent,))[1]
 
-        indices = jnp.arange(flat.size)
-        g = jax.lax.map(along_basis, indices, batch_size=chunk_size)
+        if flat.size == 0:  # nothing to differentiate
+            g = flat
+        else:
+            indices = jnp.arange(flat.size)
+            g = jax.lax.map(along_basis, indices, batch_size=chunk_size)
         grads = unravel(g.astype(flat.dtype))
         return (grads, aux) if has_aux else grads
 

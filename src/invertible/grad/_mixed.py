@@ -83,7 +83,10 @@ def _phase1_layers(layers, starts):
                 x = tap((x, next(anchor_taps)), identity)
             y = fenced(layer, x)
             if isinstance(layer, AbstractNonSubmersive):
-                y = tap((y, next(fragment_taps)), eqx.Partial(layer.fragment, x))
+                y = tap(
+                    (y, next(fragment_taps)),
+                    eqx.Partial(layer.fragment, jax.lax.stop_gradient(x)),
+                )
             x = y
         return x
 
@@ -144,7 +147,10 @@ def _phase1_stack(stack: Any, head, tail):
             layer = stacked_layer(stack, p)
             y = layer(x)
             if nonsubmersive:
-                y = tap((y, fragment_tap), eqx.Partial(layer.fragment, x))
+                y = tap(
+                    (y, fragment_tap),
+                    eqx.Partial(layer.fragment, jax.lax.stop_gradient(x)),
+                )
             return y, None
 
         return jax.lax.scan(step, x, (params, fragment_taps))[0]
