@@ -97,6 +97,60 @@ REGISTRY: list[LayerEntry] = [
 ]
 
 
+# Invertible flow layers (couplings, permutations, LU-parametrised linear maps).
+
+
+def _affine(key, shape):
+    half = (shape[0] // 2, *shape[1:])
+    # Both `swap` settings across the shape menu, without a second entry to compile.
+    swap = shape[0] % 4 == 0
+    return inv.AffineCoupling(mlp_or_conv(key, half, 2 * half[0]), swap=swap)
+
+
+def _actnorm(key, shape):
+    k_bias, k_scale = jr.split(key)
+    layer = inv.ActNorm(shape[0])
+    random = (jr.normal(k_bias, (shape[0],)), 0.5 * jr.normal(k_scale, (shape[0],)))
+    return eqx.tree_at(lambda a: (a.bias, a.log_scale), layer, random)
+
+
+def _conv1x1(key, shape):
+    k_layer, k_bias = jr.split(key)
+    layer = inv.Invertible1x1Conv(shape[0], use_bias=True, key=k_layer)
+    return eqx.tree_at(lambda a: a.bias, layer, jr.normal(k_bias, (shape[0],)))
+
+
+REGISTRY += [
+    LayerEntry("AffineCoupling", "invertible", _affine, shapes(channel_multiple=2)),
+    LayerEntry(
+        "Squeeze",
+        "invertible",
+        lambda key, shape: inv.Squeeze(),
+        shapes(vectors=False, spatial_multiple=2),
+    ),
+    LayerEntry(
+        "Permute",
+        "invertible",
+        lambda key, shape: inv.Permute.random(shape[0], key=key),
+        shapes(),
+    ),
+    LayerEntry("Asinh", "invertible", lambda key, shape: inv.Asinh(), shapes()),
+    LayerEntry(
+        "InvertibleLinear",
+        "invertible",
+        lambda key, shape: inv.InvertibleLinear(shape[0], key=key),
+        shapes(images=False),
+    ),
+    LayerEntry(
+        "Invertible1x1Conv",
+        "invertible",
+        _conv1x1,
+        shapes(vectors=False),
+    ),
+    LayerEntry("ActNorm", "invertible", _actnorm, shapes()),
+]
+
+
 def to_float64(tree):
     return jax.tree.map(
         lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf,

@@ -11,10 +11,17 @@ from ._abstract import (
     AbstractSubmersive as AbstractSubmersive,
 )
 from .layers import (
+    ActNorm as ActNorm,
     AdditiveCoupling as AdditiveCoupling,
+    AffineCoupling as AffineCoupling,
+    Asinh as Asinh,
+    Invertible1x1Conv as Invertible1x1Conv,
+    InvertibleLinear as InvertibleLinear,
     LeakyReLU as LeakyReLU,
+    Permute as Permute,
     ScannedSequential as ScannedSequential,
     Sequential as Sequential,
+    Squeeze as Squeeze,
 )
 
 __version__ = "0.1.0"

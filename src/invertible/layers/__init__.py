@@ -1,7 +1,17 @@
 """Invertible, right-invertible and fragmental layers, and their composition."""
 
-from ._activation import LeakyReLU as LeakyReLU
-from ._coupling import AdditiveCoupling as AdditiveCoupling
+from ._activation import Asinh as Asinh, LeakyReLU as LeakyReLU
+from ._actnorm import ActNorm as ActNorm
+from ._coupling import (
+    AdditiveCoupling as AdditiveCoupling,
+    AffineCoupling as AffineCoupling,
+)
+from ._linear import (
+    Invertible1x1Conv as Invertible1x1Conv,
+    InvertibleLinear as InvertibleLinear,
+)
+from ._permute import Permute as Permute
+from ._reshape import Squeeze as Squeeze
 from ._sequential import (
     ScannedSequential as ScannedSequential,
     Sequential as Sequential,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._abstract import AbstractInvertible
-from .._checks import check_input
+from .._checks import check_input, check_same_shape
 
 
 class LeakyReLU(AbstractInvertible):
@@ -44,3 +44,28 @@ class LeakyReLU(AbstractInvertible):
         check_input(self, x)
         slope = self._slope(x)
         return x * slope, ct_x / slope
+
+
+class Asinh(AbstractInvertible):
+    """`y = asinh(x)`: a smooth, odd bijection of the real line.
+
+    A drop-in for `tanh` in an invertible network: it is near the identity around
+    zero and grows only logarithmically, but, unlike `tanh`, it is onto the whole
+    real line, so every output has an input (`x = sinh(y)`). Its derivative
+    `1 / sqrt(1 + x²)` never vanishes; the vijp multiplies by `sqrt(1 + x²)`.
+    """
+
+    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        check_input(self, x)
+        return jnp.arcsinh(x)
+
+    def inverse(self, y: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        check_input(self, y)
+        return jnp.sinh(y)
+
+    def inverse_jvp(
+        self, x: Float[Array, "*shape"], ct_x: Float[Array, "*shape"]
+    ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
+        check_input(self, x)
+        check_same_shape(self, x, ct_x, "x", "ct_x")
+        return jnp.arcsinh(x), ct_x * jnp.hypot(jnp.ones_like(x), x)
