@@ -1,11 +1,13 @@
 """Backprop with per-layer `jax.checkpoint`: keeps layer inputs, not internals."""
 
+import functools as ft
+
 import equinox as eqx
 import jax
 from jaxtyping import Array
 
 from ..layers._sequential import Sequential
-from ._chain import Chain, check_chain_input, split_stack, stacked_layer
+from ._chain import Chain, check_chain_input, fenced, split_stack, stacked_layer
 
 
 @eqx.filter_checkpoint
@@ -17,8 +19,10 @@ def checkpointed_rule():
     def rule(chain: Chain, x: Array) -> Array:
         check_chain_input(chain, x)
         if isinstance(chain, Sequential):
+            # Fenced, or XLA hoists every recomputation into the forward pass of
+            # straight-line code and keeps backprop's memory (measured).
             for layer in chain.layers:
-                x = _apply_layer(layer, x)
+                x = fenced(ft.partial(_apply_layer, layer), x)
             return x
         stack = chain.layers
 
