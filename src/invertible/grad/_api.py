@@ -64,7 +64,7 @@ def mixed_value_and_grad(
 
 
 def moonwalk_grad(
-    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 64
+    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 16
 ):
     """Exact gradients by pure Moonwalk (inverse-forward): no stored activations.
 
@@ -90,7 +90,7 @@ def moonwalk_grad(
 
 
 def moonwalk_value_and_grad(
-    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 64
+    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 16
 ):
     """As [`invertible.grad.moonwalk_grad`][], returning `(value, grads)`."""
     if fun is sentinel:

@@ -44,6 +44,88 @@ def check_chain_input(chain: Chain, x: Array) -> None:
     check_float(chain, x)
 
 
+def check_chain(chain: Chain, x: Array, method: str) -> None:
+    """Walk the chain abstractly before any method runs on it: trace-time errors
+    that name the layer, instead of a wrong gradient or an error from deep inside
+    a `custom_vjp` or a `lax.scan`.
+
+    - The input is a floating-point array.
+    - One floating dtype throughout: every layer's floating-point parameters have
+      the input's dtype, and every layer keeps it. The vijp recursion runs in that
+      dtype; a float32 model fed float64 data (or the reverse) is refused rather
+      than promoted layer by layer.
+    - Every layer accepts the output of the one before it (its own shape checks
+      run here, and their message gets the layer's index).
+    - A `ScannedSequential`'s layer keeps the shape (the `lax.scan` carry).
+    """
+    check_float(chain, x)
+    if isinstance(chain, Sequential):
+        layers = chain.layers
+        apply = lambda layer, x: layer(x)
+    else:
+        layers = (chain.layers,)
+        apply = lambda stack, x: stacked_layer(
+            stack, jtu.tree_map(lambda a: a[0], split_stack(stack))
+        )(x)
+    for i, layer in enumerate(layers):
+        name = f"{method}: layer {i} ({layer_name(layer)}) of the {layer_name(chain)}"
+        for leaf in jtu.tree_leaves(eqx.filter(layer, eqx.is_inexact_array)):
+            if leaf.dtype != x.dtype:
+                raise TypeError(
+                    f"{name} holds {leaf.dtype} parameters but receives a {x.dtype} "
+                    "input. A chain computes in one floating dtype: cast the input "
+                    f"(`x.astype(jnp.{leaf.dtype})`) or the model (`jax.tree.map("
+                    f"lambda a: a.astype(jnp.{x.dtype}) if eqx.is_inexact_array(a) "
+                    "else a, model)`)."
+                )
+        try:
+            y = eqx.filter_eval_shape(apply, layer, x)
+        except (ValueError, TypeError) as error:
+            source = "the chain's input" if i == 0 else "the previous layer's output"
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(
+                f"{name} rejects {source}, of shape {x.shape} and dtype {x.dtype}: "
+                f"{error}"
+            ) from error
+        if not isinstance(y, jax.ShapeDtypeStruct):
+            raise TypeError(
+                f"{name} must return one array, got {jtu.tree_structure(y)}."
+            )
+        if y.dtype != x.dtype:
+            raise TypeError(
+                f"{name} turns its {x.dtype} input into a {y.dtype} output. Every "
+                "layer of a chain must keep the input's dtype: check for constants "
+                "of another dtype in the layer."
+            )
+        if isinstance(chain, ScannedSequential) and y.shape != x.shape:
+            raise ValueError(
+                f"{name} maps shape {x.shape} to {y.shape}, but the layers of a "
+                "`ScannedSequential` must keep the shape (they are scanned). Use "
+                "`invertible.Sequential` for layers that change it."
+            )
+        x = y
+
+
+def forward_mode_guard(method: str, run: Callable, *args):
+    """`run(*args)`, turning JAX's error for forward-mode autodiff of a
+    `custom_vjp` into one that says what to do."""
+    try:
+        return run(*args)
+    except (TypeError, NotImplementedError) as error:
+        if "custom_vjp" not in str(error) and "custom_lin" not in str(error):
+            raise
+        raise TypeError(
+            f"{method}: a chain (`invertible.Sequential`/`ScannedSequential`) was "
+            "differentiated in forward mode (`jax.jvp`, `jax.jacfwd`, "
+            f"`jax.linearize`) inside the loss. {method} differentiates each chain "
+            "with a `jax.custom_vjp`, which JAX differentiates in reverse mode only. "
+            "Use reverse mode inside the loss (`jax.vjp`, `jax.jacrev`), or take "
+            "this gradient with `invertible.grad.checkpointed_grad` or "
+            "`eqx.filter_grad`. Forward-over-reverse (`jax.jvp` of the gradient "
+            "function, e.g. for Hessian-vector products) is supported."
+        ) from error
+
+
 def stacked_layer(stack: Any, params: PyTree) -> Any:
     return eqx.combine(params, eqx.filter(stack, eqx.is_array, inverse=True))
 

@@ -1,5 +1,6 @@
 """Pure Moonwalk: `h_0` by forward mode, then the forward sweep."""
 
+import functools as ft
 import math
 
 import equinox as eqx
@@ -11,8 +12,10 @@ from ..layers._sequential import Sequential
 from ._batching import batch_aware
 from ._chain import (
     Chain,
+    barrier,
     check_chain_input,
     example_layers,
+    fenced,
     keep_perturbed,
     require_submersive,
     split_stack,
@@ -54,10 +57,22 @@ def _apply(layers, length, x):
     return jax.lax.scan(step, x, split_stack(layers))[0]
 
 
+def _jvp(layers, length, x, tangent):
+    """The chain's JVP. A Python-loop chain is fenced layer by layer: otherwise XLA
+    runs the whole primal chain before the tangent chain and keeps every layer's
+    residuals in between (measured)."""
+    if length is not None:
+        return jax.jvp(lambda x: _apply(layers, length, x), (x,), (tangent,))[1]
+    for layer in layers:
+        x, tangent = fenced(ft.partial(jax.jvp, layer), (x,), (tangent,))
+    return tangent
+
+
 def input_cotangent_by_jvps(
-    f, x0: Array, ct_y: Array, chunk_size: int | None, is_batch: bool
+    jvp, x0: Array, ct_y: Array, chunk_size: int | None, is_batch: bool
 ):
-    """`ct_y · ∂f/∂x0`, one JVP per element of an example: forward mode only.
+    """`ct_y · ∂f/∂x0` given `jvp(x, t) = ∂f/∂x t`, one JVP per element of an
+    example: forward mode only.
 
     With `is_batch`, axis 0 of `x0` indexes independent examples: each JVP moves
     the same element of every example at once.
@@ -66,9 +81,12 @@ def input_cotangent_by_jvps(
     size = math.prod(example_shape)
 
     def along_basis(index):
+        # Tie the primal to the loop index: otherwise XLA hoists the (loop-invariant)
+        # primal pass out of the map and keeps every layer's residuals for it.
+        x0_here, index = barrier((x0, index))
         basis = jnp.zeros(size, x0.dtype).at[index].set(1).reshape(example_shape)
         tangent = jnp.broadcast_to(basis, x0.shape)
-        moved = jax.jvp(f, (x0,), (tangent,))[1] * ct_y
+        moved = jvp(x0_here, tangent) * ct_y
         return (
             jnp.sum(moved.reshape(moved.shape[0], -1), 1) if is_batch else moved.sum()
         )
@@ -95,7 +113,7 @@ def _moonwalk_bwd(residuals, ct_y, perturbed, vjp_arg, chunk_size, length, is_ba
     del residuals
     layers, x0 = vjp_arg
     h0 = input_cotangent_by_jvps(
-        lambda x: _apply(layers, length, x), x0, ct_y, chunk_size, is_batch
+        ft.partial(_jvp, layers, length), x0, ct_y, chunk_size, is_batch
     )
     if length is None:
         grads = sweep_layers(layers, (0,), x0, h0, (), ())

@@ -5,14 +5,22 @@ outermost `Sequential`/`ScannedSequential` of the first argument, which computes
 chain's output under a `custom_vjp` (or checkpoints) of the method. Everything
 around the chains is differentiated by ordinary reverse mode, so the result is the
 same as `eqx.filter_grad`'s.
+
+Misuse is caught at trace time, with the transform's name in the message: every
+chain is walked abstractly before its rule runs (`check_chain`), and the loss must
+return a floating-point scalar (or a `(loss, aux)` pair with `has_aux=True`).
 """
 
 import functools as ft
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from ._chain import mark_chains
+from ._chain import check_chain, forward_mode_guard, mark_chains
 
 
 class _Sentinel:
@@ -23,10 +31,60 @@ class _Sentinel:
 sentinel = _Sentinel()
 
 
-def chain_transform(fun, rule: Callable, *, has_aux: bool, value: bool):
+def check_loss(method: str, out: Any, has_aux: bool) -> None:
+    """Raise unless `out` is what `fun` must return: a floating-point scalar, or
+    with `has_aux` a pair `(scalar, aux)`."""
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                f"{method}(has_aux=True): the function must return a pair "
+                f"`(loss, aux)`, got {type(out).__name__}. Return `loss, aux`, or "
+                "leave `has_aux` out."
+            )
+        out = out[0]
+    elif isinstance(out, tuple | list):
+        raise TypeError(
+            f"{method}: the function must return a scalar loss, got a "
+            f"{type(out).__name__} of {len(out)}. If it returns `(loss, aux)`, pass "
+            "`has_aux=True`."
+        )
+    if not isinstance(out, jax.Array | np.ndarray | np.generic | float | int):
+        raise TypeError(
+            f"{method}: the function must return a scalar loss, got "
+            f"{type(out).__name__}."
+        )
+    if jnp.shape(out) != ():
+        raise ValueError(
+            f"{method}: the function must return a scalar loss, got shape "
+            f"{jnp.shape(out)}. Reduce it, e.g. with `jnp.mean`."
+        )
+    dtype = jnp.result_type(out)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{method}: the loss must be a floating-point scalar, got dtype {dtype}."
+        )
+
+
+def checked_rule(rule: Callable, method: str) -> Callable:
+    """`rule`, preceded by the trace-time checks of the chain and its input."""
+
+    def checked(chain, x):
+        check_chain(chain, x, method)
+        return forward_mode_guard(method, rule, chain, x)
+
+    return checked
+
+
+def chain_transform(
+    fun, rule: Callable, *, has_aux: bool, value: bool, name: str = "invertible.grad"
+):
+    rule = checked_rule(rule, name)
+
     @ft.wraps(fun)
     def with_rules(first, /, *args, **kwargs):
-        return fun(mark_chains(first, rule), *args, **kwargs)
+        out = fun(mark_chains(first, rule), *args, **kwargs)
+        check_loss(name, out, has_aux)
+        return out
 
     transform = eqx.filter_value_and_grad if value else eqx.filter_grad
     return transform(with_rules, has_aux=has_aux)
