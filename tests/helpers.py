@@ -191,3 +191,44 @@ def assert_close(a, b, rtol=1e-10, atol=1e-12):
     for x, y in zip(a_leaves, b_leaves, strict=True):
         assert x.shape == y.shape, (x.shape, y.shape)
         assert jnp.allclose(x, y, rtol=rtol, atol=atol), float(jnp.max(jnp.abs(x - y)))
+
+
+# Right-invertible layers (the output is smaller) and non-submersive layers (with a
+# fragment).
+
+
+def _surjective_linear(key, shape):
+    k_layer, k_diagonal = jr.split(key)
+    n = shape[0]
+    layer = inv.SurjectiveLinear(n, max(1, n // 2), key=k_layer)
+    diagonal = 0.5 * jr.normal(k_diagonal, layer.log_diagonal.shape)
+    return eqx.tree_at(lambda a: a.log_diagonal, layer, diagonal)
+
+
+REGISTRY += [
+    LayerEntry(
+        "SurjectiveLinear",
+        "right-invertible",
+        _surjective_linear,
+        shapes(images=False),
+    ),
+    LayerEntry(
+        "AvgPool2d",
+        "right-invertible",
+        lambda key, shape: inv.AvgPool2d(2),
+        shapes(vectors=False, spatial_multiple=2),
+    ),
+    LayerEntry(
+        "KeepChannels",
+        "right-invertible",
+        lambda key, shape: inv.KeepChannels(max(1, shape[0] // 2)),
+        shapes(),
+    ),
+    LayerEntry(
+        "ChannelPad",
+        "fragment",
+        lambda key, shape: inv.ChannelPad(shape[0] + 3),
+        shapes(),
+    ),
+    LayerEntry("ReLU", "fragment", lambda key, shape: inv.ReLU(), shapes()),
+]

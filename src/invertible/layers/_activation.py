@@ -1,10 +1,10 @@
-"""Invertible elementwise activations."""
+"""Elementwise activations: invertible ones, and plain ReLU (with a fragment)."""
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._abstract import AbstractInvertible
+from .._abstract import AbstractInvertible, AbstractNonSubmersive
 from .._checks import check_input, check_same_shape
 
 
@@ -44,6 +44,65 @@ class LeakyReLU(AbstractInvertible):
         check_input(self, x)
         slope = self._slope(x)
         return x * slope, ct_x / slope
+
+
+class ReLU(AbstractNonSubmersive):
+    """`y = max(x, 0)`: not submersive, handled with a fragment.
+
+    Where a unit is off (`x <= 0`) the vjp sends its cotangent to zero, so the
+    output cotangent there is lost. The **fragment** is that lost part: `ct_y`
+    where `x <= 0`, zero elsewhere (in practice a mask's worth of information).
+    `inverse_jvp` takes `ct_y = ct_x` where the unit is on and the fragment
+    elsewhere.
+
+    The derivative at exactly `x = 0` is taken to be zero (the unit is off), the
+    same convention as the fragment; `jax.nn.relu` is not used for that reason.
+    """
+
+    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        check_input(self, x)
+        return jnp.where(x > 0, x, 0).astype(x.dtype)
+
+    def fragment(
+        self, x: Float[Array, "*shape"], ct_y: Float[Array, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        """The output cotangent where the unit is off.
+
+        **Arguments:**
+
+        - `x`: the input.
+        - `ct_y`: a cotangent of the output, of the same shape.
+
+        **Returns:**
+
+        `where(x > 0, 0, ct_y)`.
+        """
+        check_input(self, x)
+        check_same_shape(self, x, ct_y, "x", "ct_y")
+        return jnp.where(x > 0, 0, ct_y).astype(ct_y.dtype)
+
+    def inverse_jvp(
+        self,
+        x: Float[Array, "*shape"],
+        ct_x: Float[Array, "*shape"],
+        fragment: Float[Array, "*shape"],
+    ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
+        """`ct_y = where(x > 0, ct_x, fragment)`.
+
+        **Arguments:**
+
+        - `x`: the input.
+        - `ct_x`: its cotangent, of the same shape.
+        - `fragment`: `self.fragment(x, ct_y)`.
+
+        **Returns:**
+
+        `(y, ct_y)` with `y == self(x)`.
+        """
+        check_input(self, x)
+        check_same_shape(self, x, ct_x, "x", "ct_x")
+        check_same_shape(self, x, fragment, "x", "fragment")
+        return self(x), jnp.where(x > 0, ct_x, fragment).astype(ct_x.dtype)
 
 
 class Asinh(AbstractInvertible):
