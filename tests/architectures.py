@@ -82,10 +82,24 @@ def _fits(entry: LayerEntry, shape) -> tuple[int, ...] | None:
         return None
 
 
-def _choose(draw, shape, *, same_shape: bool):
+def _has_parameters(entry: LayerEntry, shape) -> bool:
+    layer = eqx.filter_eval_shape(entry.build, jr.key(0), shape)
+    is_float = lambda leaf: (
+        isinstance(leaf, jax.ShapeDtypeStruct)
+        and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    )
+    return any(is_float(leaf) for leaf in jax.tree.leaves(layer))
+
+
+def _choose(draw, shape, *, stackable: bool):
+    """A registry entry that fits `shape`, with its output shape. A stackable one
+    keeps the shape and has parameters to stack (a `ScannedSequential` reads its
+    length from them)."""
     options = [(e, out) for e in REGISTRY if (out := _fits(e, shape)) is not None]
-    if same_shape:
-        options = [(e, out) for e, out in options if out == shape]
+    if stackable:
+        options = [
+            (e, out) for e, out in options if out == shape and _has_parameters(e, shape)
+        ]
     return draw(st.sampled_from(options))
 
 
@@ -98,7 +112,7 @@ def architectures(draw, *, max_depth: int = 4, scanned: bool | None = None):
         scanned = draw(st.booleans())
     kinds = set()
     if scanned:
-        entry, _ = _choose(draw, shape, same_shape=True)
+        entry, _ = _choose(draw, shape, stackable=True)
         depth = draw(st.integers(1, max_depth))
         layer_keys = jr.split(next(keys), depth)
         stack = eqx.filter_vmap(lambda k: to_float64(entry.build(k, shape)))(layer_keys)
@@ -107,7 +121,7 @@ def architectures(draw, *, max_depth: int = 4, scanned: bool | None = None):
     else:
         in_shape, layers = shape, []
         for _ in range(draw(st.integers(1, max_depth))):
-            entry, out = _choose(draw, shape, same_shape=False)
+            entry, out = _choose(draw, shape, stackable=False)
             layers.append(to_float64(entry.build(next(keys), shape)))
             kinds.add(entry.kind)
             shape = out

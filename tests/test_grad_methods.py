@@ -1,0 +1,163 @@
+"""Method-specific properties: the forward gradient's statistics, errors, float32."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import invertible as inv
+from helpers import assert_close
+from invertible import grad as G
+from invertible.bench._measure import relative_error
+from invertible.bench._models import mlp_couplings, squared_loss
+
+
+def _small_model():
+    model = mlp_couplings(3, features=4, width=8, key=jr.key(0))
+    return jax.tree.map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
+    )
+
+
+def test_projected_forward_gradient_is_unbiased():
+    # Each estimate (g·v)v, v ~ N(0, I), has mean g and per-coordinate variance
+    # |g|^2 + g_i^2 <= 2|g|^2. The mean of K estimates is within 5 standard
+    # deviations, 5 sqrt(2/K)|g|, of g in every coordinate (a miss has probability
+    # below 1e-5 per coordinate; the keys are fixed, so the test is deterministic).
+    model, x = _small_model(), jr.normal(jr.key(1), (3, 4), jnp.float64)
+    exact = eqx.filter_grad(squared_loss)(model, x)
+    k = 4000
+    estimate = G.projected_forward_grad(squared_loss, num_tangents=k)(
+        model, x, tangent_key=jr.key(2)
+    )
+    flat_exact = jnp.concatenate([a.ravel() for a in jax.tree.leaves(exact)])
+    flat_est = jnp.concatenate([a.ravel() for a in jax.tree.leaves(estimate)])
+    bound = 5 * jnp.sqrt(2 / k) * jnp.linalg.norm(flat_exact)
+    assert jnp.max(jnp.abs(flat_est - flat_exact)) < bound
+    # ...and one tangent is an unbiased but noisy estimate, not the gradient.
+    one = G.projected_forward_grad(squared_loss)(model, x, tangent_key=jr.key(3))
+    flat_one = jnp.concatenate([a.ravel() for a in jax.tree.leaves(one)])
+    assert not jnp.allclose(flat_one, flat_exact, rtol=1e-3)
+
+
+def test_moonwalk_refuses_non_submersive_layers():
+    model = inv.Sequential([inv.LeakyReLU(0.5), inv.ReLU()])
+    with pytest.raises(ValueError, match="ReLU.*mixed_grad"):
+        G.moonwalk_grad(lambda m, x: jnp.sum(m(x)))(model, jnp.ones(4))
+
+
+def test_reversible_refuses_non_invertible_layers():
+    model = inv.Sequential([inv.LeakyReLU(0.5), inv.ChannelPad(6)])
+    with pytest.raises(TypeError, match="ChannelPad.*inverse"):
+        G.reversible_grad(lambda m, x: jnp.sum(m(x)))(model, jnp.ones(4))
+
+
+def test_mixed_handles_fragments_inside_chains():
+    model = inv.Sequential([inv.ChannelPad(6), inv.ReLU(), inv.LeakyReLU(0.3)])
+    x = jr.normal(jr.key(0), (5, 4), jnp.float64)
+    loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))
+    assert_close(G.mixed_grad(loss)(model, x), eqx.filter_grad(loss)(model, x))
+
+
+def test_float32_mixed_tracks_backprop_at_depth():
+    # The vijp recursion multiplies round-off by inverse Jacobians; with its default
+    # anchors, Mixed's float32 error must stay within 3x backprop's at depth 32.
+    depth = 32
+    model64 = jax.tree.map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a,
+        mlp_couplings(depth, features=16, width=32, key=jr.key(4)),
+    )
+    x64 = jr.normal(jr.key(5), (8, 16), jnp.float64)
+    oracle = eqx.filter_grad(squared_loss)(model64, x64)
+    model32 = jax.tree.map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model64
+    )
+    x32 = x64.astype(jnp.float32)
+    backprop = relative_error(eqx.filter_grad(squared_loss)(model32, x32), oracle)
+    mixed = relative_error(
+        eqx.filter_jit(G.mixed_grad(squared_loss))(model32, x32), oracle
+    )
+    assert backprop < 1e-4
+    assert mixed <= 3 * backprop, (mixed, backprop)
+
+
+class _TwoChains(eqx.Module):
+    first: inv.Sequential
+    inner: inv.Sequential  # a chain inside a coupling's residual, inside `second`
+    second: inv.ScannedSequential
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2, k3, k4 = jr.split(key, 4)
+        self.inner = inv.Sequential([inv.ActNorm(2), inv.Asinh()])
+        residual = inv.Sequential([inv.ActNorm(2), inv.Asinh()])
+        self.first = inv.Sequential(
+            [
+                inv.AdditiveCoupling(residual, swap=True),
+                inv.LeakyReLU(0.3),
+                inv.AffineCoupling(eqx.nn.MLP(2, 4, 8, 1, key=k1)),
+            ]
+        )
+        make = lambda k: inv.AdditiveCoupling(eqx.nn.MLP(2, 2, 8, 1, key=k), swap=True)
+        self.second = inv.ScannedSequential(eqx.filter_vmap(make)(jr.split(k2, 3)))
+        self.head = eqx.nn.Linear(4, 2, key=k3)
+        del k4
+
+    def __call__(self, x):
+        stem = jnp.tanh(x) + self.inner(x[:2]).sum()  # the inner chain, called alone
+        y = self.second(self.first(stem))
+        # A chain parameter used outside the chain too: gradients must add up.
+        shared = self.first.layers[0].residual.layers[0].log_scale
+        return self.head(y) * jnp.exp(shared).sum()
+
+
+def _float64(tree):
+    return jax.tree.map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree
+    )
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [G.mixed_grad, G.moonwalk_grad, G.reversible_grad, G.checkpointed_grad],
+    ids=lambda t: t.__name__,
+)
+def test_several_nested_and_shared_chains(transform):
+    model = _float64(_TwoChains(jr.key(0)))
+    # Non-trivial ActNorm parameters, so the shared one matters.
+    model = eqx.tree_at(
+        lambda m: m.first.layers[0].residual.layers[0].log_scale,
+        model,
+        jnp.array([0.3, -0.2]),
+    )
+    x = jr.normal(jr.key(1), (5, 4), jnp.float64)
+    loss = lambda m, x: jnp.mean(jnp.sin(jax.vmap(m)(x)))
+    expected = eqx.filter_grad(loss)(model, x)
+    assert_close(eqx.filter_jit(transform(loss))(model, x), expected)
+
+
+def test_optax_training_loop_matches_backprop():
+    import optax
+
+    model = _float64(_TwoChains(jr.key(2)))
+    x = jr.normal(jr.key(3), (6, 4), jnp.float64)
+    target = jr.normal(jr.key(4), (6, 2), jnp.float64)
+    loss = lambda m, x, t: jnp.mean((jax.vmap(m)(x) - t) ** 2)
+    optimiser = optax.adam(1e-2)
+
+    def train(grad_transform):
+        @eqx.filter_jit
+        def step(model, state):
+            grads = grad_transform(loss)(model, x, target)
+            params = eqx.filter(model, eqx.is_inexact_array)
+            updates, state = optimiser.update(grads, state, params)
+            return eqx.apply_updates(model, updates), state
+
+        m, state = model, optimiser.init(eqx.filter(model, eqx.is_inexact_array))
+        for _ in range(5):
+            m, state = step(m, state)
+        return m
+
+    arrays = lambda m: eqx.filter(m, eqx.is_inexact_array)
+    assert_close(arrays(train(G.mixed_grad)), arrays(train(eqx.filter_grad)), rtol=1e-9)
