@@ -89,7 +89,7 @@ def timing(quick: bool) -> dict:
     model = mlp_couplings(depth, features=features, width=width)
     x = jr.normal(jr.key(1), (batch, features))
     fns = {
-        name: jax.jit(t(squared_loss))
+        name: eqx.filter_jit(t(squared_loss))
         for name, t in methods().items()
         if name != "moonwalk" or quick
     }
@@ -154,11 +154,11 @@ def speed(quick: bool) -> dict:
     """Pure Moonwalk against full forward mode on a small-input network."""
     depth, features, width = (2, 16, 32) if quick else (6, 64, 128)
     model = mlp_couplings(depth, features=features, width=width)
-    n_params = sum(a.size for a in jax.tree.leaves(model))
+    n_params = sum(a.size for a in jax.tree.leaves(eqx.filter(model, eqx.is_array)))
     x = jr.normal(jr.key(3), (8, features))
     fns = {
-        "moonwalk": jax.jit(G.moonwalk_grad(squared_loss)),
-        "forward": jax.jit(G.forward_grad(squared_loss, chunk_size=1024)),
+        "moonwalk": eqx.filter_jit(G.moonwalk_grad(squared_loss)),
+        "forward": eqx.filter_jit(G.forward_grad(squared_loss, chunk_size=1024)),
     }
     medians = interleaved_medians(fns, (model, x), repeats=3)
     ratio = medians["forward"] / medians["moonwalk"]
