@@ -161,3 +161,30 @@ def test_optax_training_loop_matches_backprop():
 
     arrays = lambda m: eqx.filter(m, eqx.is_inexact_array)
     assert_close(arrays(train(G.mixed_grad)), arrays(train(eqx.filter_grad)), rtol=1e-9)
+
+
+class _ScaledReLU(inv.AbstractNonSubmersive):
+    """A non-submersive layer with a parameter, so that it can be stacked."""
+
+    log_scale: jax.Array
+
+    def __call__(self, x):
+        return jnp.where(x > 0, x, 0.0) * jnp.exp(self.log_scale)
+
+    def fragment(self, x, ct_y):
+        return jnp.where(x > 0, 0.0, ct_y)
+
+    def inverse_jvp(self, x, ct_x, fragment):
+        scale = jnp.exp(self.log_scale)
+        return self(x), jnp.where(x > 0, ct_x / scale, fragment)
+
+
+@pytest.mark.parametrize("anchor_every", [None, 2, 3])
+def test_stacked_fragments_with_segments_and_tail(anchor_every):
+    # 5 layers in segments of 2 or 3 leave a tail: every path of the nested scans.
+    stack = _ScaledReLU(jnp.linspace(-0.3, 0.4, 5))
+    model = inv.ScannedSequential(stack)
+    x = jr.normal(jr.key(0), (4, 3), jnp.float64) + 0.5
+    loss = lambda m, x: jnp.sum(jnp.cos(jax.vmap(m)(x)))
+    got = G.mixed_grad(loss, anchor_every=anchor_every)(model, x)
+    assert_close(got, eqx.filter_grad(loss)(model, x))

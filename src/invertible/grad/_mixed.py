@@ -127,8 +127,6 @@ def _mixed_layers_fwd(perturbed, vjp_arg, anchor_every):
 @_mixed_layers.def_bwd
 def _mixed_layers_bwd(pullback, ct_y, perturbed, vjp_arg, anchor_every):
     layers, x0 = vjp_arg
-    if ct_y is None:
-        ct_y = jnp.zeros(jax.eval_shape(pullback, x0).shape)  # pragma: no cover
     h0, anchors, fragments = pullback(ct_y)
     starts = segment_starts(len(layers), anchor_every)
     grads = sweep_layers(layers, starts, x0, h0, anchors, fragments)
@@ -169,26 +167,26 @@ def _phase1_stack(stack: Any, head, tail):
 
 
 def _stack_taps(stack, head, tail, x0):
-    """Zeros shaped like the anchors and fragments of a segmented stack."""
-    n_segments = jax.tree.leaves(head)[0].shape[0]
-    n_tail = 0 if tail is None else jax.tree.leaves(tail)[0].shape[0]
-    per_layer, seg_len = None, jax.tree.leaves(head)[0].shape[1]
-    if isinstance(stack, AbstractNonSubmersive):
-        first = stacked_layer(stack, jax.tree.map(lambda a: a[0, 0], head))
-        per_layer = jax.eval_shape(lambda x: first.fragment(x, first(x)), x0)
-
-    def stacked(struct, *lead):
-        return jax.tree.map(lambda s: jnp.zeros((*lead, *s.shape), s.dtype), struct)
-
+    """Zeros shaped like the anchors (one per segment) and the fragments (one per
+    layer, for a non-submersive stack) of a segmented stack."""
+    n_segments, segment_length = jax.tree.leaves(head)[0].shape[:2]
     anchors = (
         jnp.zeros((n_segments, *x0.shape), x0.dtype),
         None if tail is None else jnp.zeros_like(x0),
     )
-    fragments = (
-        None if per_layer is None else stacked(per_layer, n_segments, seg_len),
-        None if per_layer is None or tail is None else stacked(per_layer, n_tail),
+    if not isinstance(stack, AbstractNonSubmersive):
+        return anchors, (None, None)
+    first = stacked_layer(stack, jax.tree.map(lambda a: a[0, 0], head))
+    fragment = jax.eval_shape(lambda x: first.fragment(x, first(x)), x0)
+
+    def per_layer(*lead):
+        return jax.tree.map(lambda s: jnp.zeros((*lead, *s.shape), s.dtype), fragment)
+
+    n_tail = None if tail is None else jax.tree.leaves(tail)[0].shape[0]
+    return anchors, (
+        per_layer(n_segments, segment_length),
+        None if tail is None else per_layer(n_tail),
     )
-    return anchors, fragments
 
 
 @eqx.filter_custom_vjp
