@@ -188,3 +188,24 @@ def test_stacked_fragments_with_segments_and_tail(anchor_every):
     loss = lambda m, x: jnp.sum(jnp.cos(jax.vmap(m)(x)))
     got = G.mixed_grad(loss, anchor_every=anchor_every)(model, x)
     assert_close(got, eqx.filter_grad(loss)(model, x))
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [G.mixed_grad, G.moonwalk_grad, G.reversible_grad, G.checkpointed_grad],
+    ids=lambda t: t.__name__,
+)
+def test_frozen_parameters_by_partition(transform):
+    # Equinox's idiom: differentiate one half of the model, pass the other as a
+    # second argument, `eqx.combine` them inside the loss.
+    model = _float64(_TwoChains(jr.key(5)))
+    frozen_spec = jax.tree.map(eqx.is_inexact_array, model)
+    frozen_spec = eqx.tree_at(lambda m: m.head, frozen_spec, replace_fn=lambda h: False)
+    trainable, frozen = eqx.partition(model, frozen_spec)
+    x = jr.normal(jr.key(6), (3, 4), jnp.float64)
+
+    def loss(trainable, frozen, x):
+        return jnp.mean(jnp.sin(jax.vmap(eqx.combine(trainable, frozen))(x)))
+
+    expected = eqx.filter_grad(loss)(trainable, frozen, x)
+    assert_close(transform(loss)(trainable, frozen, x), expected)

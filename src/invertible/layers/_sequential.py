@@ -12,7 +12,10 @@ from .._checks import layer_name
 
 # A gradient transform of `invertible.grad` marks a chain with a rule that replaces
 # its `__call__` (a `jax.custom_vjp`, or per-layer checkpoints). Unmarked chains are
-# plain compositions. The rule is static: it changes the program, not its values.
+# plain compositions. The rule is an ordinary (non-array, so static under
+# `eqx.filter_jit`) leaf rather than a static field: a marked chain then has the
+# treedef of an unmarked one, and `eqx.combine(marked_trainable, unmarked_frozen)`
+# still works, as Equinox users expect.
 Rule = Callable[["Sequential | ScannedSequential", Array], Array]
 
 
@@ -36,7 +39,7 @@ class Sequential(eqx.Module):
     """
 
     layers: tuple[Any, ...]
-    rule: Rule | None = eqx.field(static=True, default=None, repr=False)
+    rule: Rule | None = eqx.field(default=None, repr=False)
 
     def __init__(self, layers: Sequence[Any], *, rule: Rule | None = None):
         """**Arguments:**
@@ -169,7 +172,7 @@ class ScannedSequential(eqx.Module):
 
     layers: Any
     length: int = eqx.field(static=True)
-    rule: Rule | None = eqx.field(static=True, default=None, repr=False)
+    rule: Rule | None = eqx.field(default=None, repr=False)
 
     def __init__(self, layers: Any, *, rule: Rule | None = None):
         """**Arguments:**
