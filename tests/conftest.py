@@ -1,4 +1,16 @@
 import jax
+import jaxtyping
+import pytest
 
 # Exactness is tested in float64; float32 accuracy is measured separately, at depth.
 jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def own_checks():
+    """Switch off jaxtyping's runtime checks (on in the test run, off for users), so
+    that the layers' own checks are the ones tested."""
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", before)

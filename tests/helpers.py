@@ -158,16 +158,8 @@ def to_float64(tree):
     )
 
 
-def random_like(key, tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jr.split(key, len(leaves))
-    return jax.tree.unflatten(
-        treedef,
-        [
-            jr.normal(k, leaf.shape, leaf.dtype)
-            for k, leaf in zip(keys, leaves, strict=True)
-        ],
-    )
+def ones(*shape, dtype=jnp.float64):
+    return jnp.ones(shape, dtype)
 
 
 @eqx.filter_jit

@@ -3,25 +3,11 @@
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jaxtyping
 import numpy as np
 import pytest
 
 import invertible as inv
-
-
-@pytest.fixture
-def own_checks():
-    """Switch off jaxtyping's runtime checks (on in the test run, off for users), so
-    that the layers' own checks are the ones tested."""
-    before = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", before)
-
-
-def _ones(*shape, dtype=jnp.float64):
-    return jnp.ones(shape, dtype)
+from helpers import ones as _ones
 
 
 def _assert_all_methods_raise(layer, x, error, match):

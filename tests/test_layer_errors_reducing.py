@@ -4,24 +4,12 @@ vijp helpers) raise errors that name the layer, at trace time."""
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jaxtyping
 import pytest
 
 import invertible as inv
+from helpers import ones as _ones
 
-
-@pytest.fixture(autouse=True)
-def own_checks():
-    """Switch off jaxtyping's runtime checks (on in the test run, off for users), so
-    that the layers' own checks are the ones tested."""
-    before = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", before)
-
-
-def _ones(*shape, dtype=jnp.float64):
-    return jnp.ones(shape, dtype)
+pytestmark = pytest.mark.usefixtures("own_checks")
 
 
 def _surjective(n=6, m=3):
