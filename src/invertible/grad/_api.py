@@ -47,7 +47,7 @@ def mixed_grad(
     if fun is sentinel:
         return ft.partial(mixed_grad, has_aux=has_aux, anchor_every=anchor_every)
     rule = mixed_rule(anchor_every)
-    return chain_transform(fun, rule, has_aux=has_aux, value=False)
+    return chain_transform(fun, rule, has_aux=has_aux, value=False, name="mixed_grad")
 
 
 def mixed_value_and_grad(
@@ -60,7 +60,9 @@ def mixed_value_and_grad(
             mixed_value_and_grad, has_aux=has_aux, anchor_every=anchor_every
         )
     rule = mixed_rule(anchor_every)
-    return chain_transform(fun, rule, has_aux=has_aux, value=True)
+    return chain_transform(
+        fun, rule, has_aux=has_aux, value=True, name="mixed_value_and_grad"
+    )
 
 
 def moonwalk_grad(
@@ -86,7 +88,10 @@ def moonwalk_grad(
     """
     if fun is sentinel:
         return ft.partial(moonwalk_grad, has_aux=has_aux, chunk_size=chunk_size)
-    return chain_transform(fun, moonwalk_rule(chunk_size), has_aux=has_aux, value=False)
+    rule = moonwalk_rule(chunk_size)
+    return chain_transform(
+        fun, rule, has_aux=has_aux, value=False, name="moonwalk_grad"
+    )
 
 
 def moonwalk_value_and_grad(
@@ -97,7 +102,10 @@ def moonwalk_value_and_grad(
         return ft.partial(
             moonwalk_value_and_grad, has_aux=has_aux, chunk_size=chunk_size
         )
-    return chain_transform(fun, moonwalk_rule(chunk_size), has_aux=has_aux, value=True)
+    rule = moonwalk_rule(chunk_size)
+    return chain_transform(
+        fun, rule, has_aux=has_aux, value=True, name="moonwalk_value_and_grad"
+    )
 
 
 def checkpointed_grad(fun: Callable = sentinel, *, has_aux: bool = False):
@@ -108,7 +116,15 @@ def checkpointed_grad(fun: Callable = sentinel, *, has_aux: bool = False):
     """
     if fun is sentinel:
         return ft.partial(checkpointed_grad, has_aux=has_aux)
-    return chain_transform(fun, checkpointed_rule(), has_aux=has_aux, value=False)
+    rule = checkpointed_rule()
+    return chain_transform(
+        fun,
+        rule,
+        has_aux=has_aux,
+        value=False,
+        name="checkpointed_grad",
+        custom_vjp=False,
+    )
 
 
 def reversible_grad(fun: Callable = sentinel, *, has_aux: bool = False):
@@ -121,7 +137,10 @@ def reversible_grad(fun: Callable = sentinel, *, has_aux: bool = False):
     """
     if fun is sentinel:
         return ft.partial(reversible_grad, has_aux=has_aux)
-    return chain_transform(fun, reversible_rule(), has_aux=has_aux, value=False)
+    rule = reversible_rule()
+    return chain_transform(
+        fun, rule, has_aux=has_aux, value=False, name="reversible_grad"
+    )
 
 
 for _f in (checkpointed_grad, reversible_grad):

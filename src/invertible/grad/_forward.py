@@ -10,26 +10,41 @@ import jax.random as jr
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray
 
-from ._transform import sentinel
+from ._chain import mark_chains, with_rule
+from ._transform import check_loss, checked_rule, sentinel
 
 
-def _flat_loss(fun, model, args, kwargs, has_aux):
-    """The loss as a function of one flat vector of the model's inexact arrays."""
+def _plain(chain, x):
+    return with_rule(chain, None)(x)
+
+
+def _flat_loss(fun, model, args, kwargs, has_aux, method):
+    """The loss as a function of one flat vector of the model's inexact arrays.
+
+    Chains run plainly (forward mode needs no rule), after the same trace-time
+    checks as under the other transforms."""
+    rule = checked_rule(_plain, method)
     diff, static = eqx.partition(model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(diff)
 
     def loss(flat):
-        out = fun(eqx.combine(unravel(flat), static), *args, **kwargs)
+        model = mark_chains(eqx.combine(unravel(flat), static), rule)
+        out = fun(model, *args, **kwargs)
+        check_loss(method, out, has_aux)
         value, aux = out if has_aux else (out, None)
-        value = jnp.asarray(value)
-        if value.shape != ():
-            raise ValueError(
-                f"the loss must return a scalar, got shape {value.shape}. Reduce it, "
-                "e.g. with `jnp.mean`."
-            )
-        return value, aux
+        return jnp.asarray(value), aux
 
     return loss, flat, unravel
+
+
+def _check_count(method: str, name: str, value, *, optional: bool) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{method}: `{name}` must be a positive int{' or None' * optional}, got "
+            f"{value!r}."
+        )
 
 
 def forward_grad(
@@ -43,10 +58,13 @@ def forward_grad(
     """
     if fun is sentinel:
         return ft.partial(forward_grad, has_aux=has_aux, chunk_size=chunk_size)
+    _check_count("forward_grad", "chunk_size", chunk_size, optional=True)
 
     @ft.wraps(fun)
     def grad(model, /, *args, **kwargs):
-        loss, flat, unravel = _flat_loss(fun, model, args, kwargs, has_aux)
+        loss, flat, unravel = _flat_loss(
+            fun, model, args, kwargs, has_aux, "forward_grad"
+        )
         _, aux = loss(flat)
 
         def along_basis(index):
@@ -78,10 +96,19 @@ def projected_forward_grad(
         return ft.partial(
             projected_forward_grad, has_aux=has_aux, num_tangents=num_tangents
         )
+    _check_count("projected_forward_grad", "num_tangents", num_tangents, optional=False)
 
     @ft.wraps(fun)
-    def grad(model, /, *args, tangent_key: PRNGKeyArray, **kwargs):
-        loss, flat, unravel = _flat_loss(fun, model, args, kwargs, has_aux)
+    def grad(model, /, *args, tangent_key: PRNGKeyArray | None = None, **kwargs):
+        if tangent_key is None:
+            raise TypeError(
+                "projected_forward_grad: pass the random key for the tangents as "
+                "the keyword argument `tangent_key`, e.g. "
+                "`grad_fn(model, x, tangent_key=jax.random.key(0))`."
+            )
+        loss, flat, unravel = _flat_loss(
+            fun, model, args, kwargs, has_aux, "projected_forward_grad"
+        )
         tangents = jr.normal(tangent_key, (num_tangents, flat.size), flat.dtype)
 
         def estimate(v: Array):

@@ -36,10 +36,15 @@ def check_loss(method: str, out: Any, has_aux: bool) -> None:
     with `has_aux` a pair `(scalar, aux)`."""
     if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
+            got = (
+                f"an array of shape {jnp.shape(out)}"
+                if isinstance(out, jax.Array | np.ndarray)
+                else f"a {type(out).__name__}"
+            )
             raise TypeError(
                 f"{method}(has_aux=True): the function must return a pair "
-                f"`(loss, aux)`, got {type(out).__name__}. Return `loss, aux`, or "
-                "leave `has_aux` out."
+                f"`(loss, aux)`, got {got}. Return `loss, aux`, or leave `has_aux` "
+                "out."
             )
         out = out[0]
     elif isinstance(out, tuple | list):
@@ -65,20 +70,33 @@ def check_loss(method: str, out: Any, has_aux: bool) -> None:
         )
 
 
-def checked_rule(rule: Callable, method: str) -> Callable:
-    """`rule`, preceded by the trace-time checks of the chain and its input."""
+def checked_rule(rule: Callable, method: str, *, custom_vjp: bool = False):
+    """`rule`, preceded by the trace-time checks of the chain and its input. With
+    `custom_vjp`, JAX's error for forward-mode autodiff of the rule says what to
+    do."""
 
     def checked(chain, x):
         check_chain(chain, x, method)
-        return forward_mode_guard(method, rule, chain, x)
+        if custom_vjp:
+            return forward_mode_guard(method, rule, chain, x)
+        return rule(chain, x)
 
     return checked
 
 
 def chain_transform(
-    fun, rule: Callable, *, has_aux: bool, value: bool, name: str = "invertible.grad"
+    fun,
+    rule: Callable,
+    *,
+    has_aux: bool,
+    value: bool,
+    name: str,
+    custom_vjp: bool = True,
 ):
-    rule = checked_rule(rule, name)
+    """`eqx.filter_grad(fun)` (or `filter_value_and_grad`), with every outermost
+    chain of the first argument differentiated by `rule`. `name` is the public
+    transform's, for error messages; `custom_vjp` says whether `rule` is one."""
+    rule = checked_rule(rule, name, custom_vjp=custom_vjp)
 
     @ft.wraps(fun)
     def with_rules(first, /, *args, **kwargs):

@@ -58,6 +58,15 @@ class Sequential(eqx.Module):
         bad = _describe(flat, lambda layer: not callable(layer))
         if bad:
             raise TypeError(f"Sequential: these layers are not callable: {bad}.")
+        classes = [
+            f"{i}: {c.__name__}" for i, c in enumerate(flat) if isinstance(c, type)
+        ]
+        if classes:
+            raise TypeError(
+                f"Sequential: these layers are classes, not layers: "
+                f"{', '.join(classes)}. Instantiate them, e.g. "
+                "`invertible.LeakyReLU()`."
+            )
         self.layers = tuple(flat)
         self.rule = rule
 
@@ -146,6 +155,12 @@ def _leading_length(stacked: PyTree) -> int:
         leaf.shape[0] if leaf.ndim else None
         for leaf in jax.tree.leaves(eqx.filter(stacked, eqx.is_array))
     }
+    if not lengths:
+        raise ValueError(
+            "ScannedSequential: `layers` holds no arrays, so there is no layer axis "
+            "to scan over. Repeat a parameter-free layer with `Sequential([layer] * "
+            "depth)`."
+        )
     if len(lengths) != 1 or None in lengths:
         raise ValueError(
             "ScannedSequential: every array of `layers` must carry the same leading "
@@ -189,6 +204,11 @@ class ScannedSequential(eqx.Module):
             raise TypeError(f"ScannedSequential: {layer_name(layers)} is not callable.")
         self.layers = layers
         self.length = _leading_length(layers)
+        if self.length == 0:
+            raise ValueError(
+                "ScannedSequential: the stack is empty (its layer axis has length "
+                "0); give at least one layer."
+            )
         self.rule = rule
 
     def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
