@@ -12,21 +12,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jaxtyping
 import pytest
 
 import invertible as inv
 from invertible import grad as G
 
-
-@pytest.fixture(autouse=True)
-def own_checks():
-    """Switch off jaxtyping's runtime checks (on in the test run, off for users), so
-    that the library's own checks are the ones tested."""
-    before = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", before)
+# The library's own checks, not jaxtyping's (on in the test run, off for users).
+pytestmark = pytest.mark.usefixtures("own_checks")
 
 
 TRANSFORMS = {
