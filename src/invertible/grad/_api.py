@@ -43,6 +43,17 @@ def mixed_grad(
     **Returns:**
 
     A function with the signature of `fun` returning the gradients (and `aux`).
+
+    **Raises:**
+
+    - `ValueError` when `fun` is wrapped, if `anchor_every` is not a positive int
+      or `None`.
+    - When the returned function is traced: `TypeError` if a layer of a chain is
+      neither an `invertible.AbstractSubmersive` nor an
+      `invertible.AbstractNonSubmersive`, or if its parameters' dtype differs from
+      the chain's input's; `TypeError` or `ValueError`, naming the layer, if a layer
+      rejects its input's shape; `TypeError`/`ValueError` if `fun` does not return
+      a floating-point scalar (a pair `(scalar, aux)` with `has_aux=True`).
     """
     if fun is sentinel:
         return ft.partial(mixed_grad, has_aux=has_aux, anchor_every=anchor_every)
@@ -85,6 +96,13 @@ def moonwalk_grad(
     **Returns:**
 
     A function with the signature of `fun` returning the gradients (and `aux`).
+
+    **Raises:**
+
+    `ValueError` when `fun` is wrapped, if `chunk_size` is not a positive int or
+    `None`. When the returned function is traced: `ValueError` if a chain holds a
+    non-submersive layer (use `mixed_grad`), `TypeError` if it holds a layer that
+    is not an `invertible.AbstractSubmersive`; otherwise as `mixed_grad`.
     """
     if fun is sentinel:
         return ft.partial(moonwalk_grad, has_aux=has_aux, chunk_size=chunk_size)
@@ -112,7 +130,16 @@ def checkpointed_grad(fun: Callable = sentinel, *, has_aux: bool = False):
     """Backprop with per-layer gradient checkpointing (`jax.checkpoint`) on chains.
 
     Keeps each layer's input and recomputes the layer during the reverse pass. A
-    comparison method.
+    comparison method; the layers of a chain may be any callables.
+
+    **Arguments:**
+
+    - `fun`: a scalar function whose first argument is the model.
+    - `has_aux`: whether `fun` returns `(value, aux)`.
+
+    **Returns:**
+
+    A function with the signature of `fun` returning the gradients (and `aux`).
     """
     if fun is sentinel:
         return ft.partial(checkpointed_grad, has_aux=has_aux)
@@ -134,6 +161,21 @@ def reversible_grad(fun: Callable = sentinel, *, has_aux: bool = False):
     `inverse` during the reverse pass: constant memory, but round-off in the
     reconstruction grows with depth (see the accuracy benchmark). Every layer must
     be an `invertible.AbstractInvertible`. A comparison method.
+
+    **Arguments:**
+
+    - `fun`: a scalar function whose first argument is the model.
+    - `has_aux`: whether `fun` returns `(value, aux)`.
+
+    **Returns:**
+
+    A function with the signature of `fun` returning the gradients (and `aux`).
+
+    **Raises:**
+
+    When the returned function is traced: `TypeError` if a layer of a chain has no
+    `inverse` (is not an `invertible.AbstractInvertible`); otherwise as
+    [`invertible.grad.mixed_grad`][].
     """
     if fun is sentinel:
         return ft.partial(reversible_grad, has_aux=has_aux)
