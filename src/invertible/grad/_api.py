@@ -53,7 +53,13 @@ def mixed_grad(
       `invertible.AbstractNonSubmersive`, or if its parameters' dtype differs from
       the chain's input's; `TypeError` or `ValueError`, naming the layer, if a layer
       rejects its input's shape; `TypeError`/`ValueError` if `fun` does not return
-      a floating-point scalar (a pair `(scalar, aux)` with `has_aux=True`).
+      a floating-point scalar (a pair `(scalar, aux)` with `has_aux=True`);
+      `TypeError` if `fun` differentiates a chain in forward mode (`jax.jvp`,
+      `jax.jacfwd`): chains are `jax.custom_vjp`s. (Forward-over-reverse, `jax.jvp`
+      of the returned function, works.)
+
+    Chains compute in their input's dtype, float16 and bfloat16 included, with
+    about the accuracy of backprop in that dtype.
     """
     if fun is sentinel:
         return ft.partial(mixed_grad, has_aux=has_aux, anchor_every=anchor_every)
