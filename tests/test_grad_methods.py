@@ -209,3 +209,17 @@ def test_frozen_parameters_by_partition(transform):
 
     expected = eqx.filter_grad(loss)(trainable, frozen, x)
     assert_close(transform(loss)(trainable, frozen, x), expected)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [G.mixed_grad, G.moonwalk_grad, G.reversible_grad, G.checkpointed_grad],
+    ids=lambda t: t.__name__,
+)
+def test_scanned_chain_nested_in_a_sequential(transform):
+    make = lambda k: inv.AdditiveCoupling(eqx.nn.MLP(2, 2, 8, 1, key=k), swap=True)
+    stack = inv.ScannedSequential(eqx.filter_vmap(make)(jr.split(jr.key(7), 3)))
+    model = _float64(inv.Sequential([inv.LeakyReLU(0.5), stack, inv.Asinh(), stack]))
+    x = jr.normal(jr.key(8), (3, 4), jnp.float64)
+    loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))
+    assert_close(transform(loss)(model, x), eqx.filter_grad(loss)(model, x))

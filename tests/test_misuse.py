@@ -179,14 +179,6 @@ def test_unknown_module_in_a_chain(name, foreign):
     trace("checkpointed_grad", loss, model, X)
 
 
-@pytest.mark.parametrize("name", CUSTOM_VJP)
-def test_a_scanned_chain_nested_in_a_sequential(name):
-    model = inv.Sequential([coupling(), scanned_couplings()])
-    match = rf"{name}: layer 1 is a ScannedSequential nested in a Sequential"
-    with pytest.raises(TypeError, match=match):
-        trace(name, loss, model, X)
-
-
 class ToFloat32(inv.AbstractInvertible):
     """Casts its input: breaks the one-dtype rule of chains."""
 

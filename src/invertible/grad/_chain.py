@@ -211,19 +211,7 @@ def identity(ct: Array) -> Array:
     return ct
 
 
-def refuse_nested_chains(layers: list[Any], method: str) -> None:
-    for i, layer in enumerate(layers):
-        if is_chain(layer):
-            raise TypeError(
-                f"{method}: layer {i} is a {layer_name(layer)} nested in a "
-                f"Sequential. {method} differentiates outermost chains only: put "
-                "the chains side by side in the model (e.g. `eqx.nn.Sequential(["
-                "chain_a, chain_b])`) instead of one inside the other."
-            )
-
-
 def require_submersive(layers: list[Any], method: str) -> None:
-    refuse_nested_chains(layers, method)
     for i, layer in enumerate(layers):
         if isinstance(layer, AbstractNonSubmersive):
             raise ValueError(
@@ -240,7 +228,6 @@ def require_submersive(layers: list[Any], method: str) -> None:
 
 
 def require_invertible(layers: list[Any], method: str) -> None:
-    refuse_nested_chains(layers, method)
     for i, layer in enumerate(layers):
         if not isinstance(layer, AbstractInvertible):
             raise TypeError(
@@ -251,7 +238,6 @@ def require_invertible(layers: list[Any], method: str) -> None:
 
 
 def require_known(layers: list[Any], method: str) -> None:
-    refuse_nested_chains(layers, method)
     for i, layer in enumerate(layers):
         if not isinstance(layer, AbstractSubmersive | AbstractNonSubmersive):
             raise TypeError(

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chain import check_chain, forward_mode_guard, mark_chains
+from ..layers._sequential import Sequential
+from ._chain import check_chain, forward_mode_guard, is_chain, mark_chains
 
 
 class _Sentinel:
@@ -76,12 +77,31 @@ def checked_rule(rule: Callable, method: str, *, custom_vjp: bool = False):
     do."""
 
     def checked(chain, x):
+        if isinstance(chain, Sequential) and any(map(is_chain, chain.layers)):
+            # A `ScannedSequential` inside a `Sequential`: each inner chain and each
+            # run of layers between them is a chain of its own, by the same method.
+            for part in split_at_chains(chain):
+                x = checked(part, x)
+            return x
         check_chain(chain, x, method)
         if custom_vjp:
             return forward_mode_guard(method, rule, chain, x)
         return rule(chain, x)
 
     return checked
+
+
+def split_at_chains(chain: Sequential) -> list:
+    """The inner chains of `chain`, and `Sequential`s of the layers between them."""
+    parts, run = [], []
+    for layer in chain.layers:
+        if is_chain(layer):
+            parts += [Sequential(run)] if run else []
+            parts.append(layer)
+            run = []
+        else:
+            run.append(layer)
+    return parts + ([Sequential(run)] if run else [])
 
 
 def chain_transform(
