@@ -78,7 +78,8 @@ def _fits(entry: LayerEntry, shape) -> tuple[int, ...] | None:
 
     try:
         return eqx.filter_eval_shape(apply, jr.key(0)).shape
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, ZeroDivisionError):
+        # ZeroDivisionError: Equinox's conv init for a zero-channel half.
         return None
 
 
