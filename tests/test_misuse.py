@@ -62,11 +62,6 @@ def stack(make, depth=3):
 
 
 @ft.cache
-def scanned_couplings():
-    return stack(lambda k: coupling(key=k))
-
-
-@ft.cache
 def scanned_surjective():
     return stack(lambda k: inv.SurjectiveLinear(4, 2, key=k))
 
