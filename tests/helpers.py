@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import invertible as inv
+from invertible._check_layer import _random_like
 
 Kind = Literal["invertible", "right-invertible", "fragment"]
 
@@ -156,6 +157,10 @@ def to_float64(tree):
         lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
         tree,
     )
+
+
+# Random cotangents the way `invertible.check_layer` draws them.
+random_like = _random_like
 
 
 def ones(*shape, dtype=jnp.float64):
