@@ -1,30 +1,58 @@
-"""The benchmark networks."""
+"""The benchmark networks.
+
+Weights are drawn with NumPy into a skeleton built by `eqx.filter_eval_shape`: with
+`jax.random`, every new weight shape is a new XLA program, and on a small CPU each
+compile takes about a second, which made building a RevNet take longer than
+measuring it.
+"""
+
+import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
+import numpy as np
 
 import invertible as inv
 
 
-def lecun_normal(model: eqx.Module, key) -> eqx.Module:
-    """Re-draw every `eqx.nn.Linear`/`Conv` weight from N(0, 1/fan_in), biases 0."""
-    is_layer = lambda m: isinstance(m, eqx.nn.Linear | eqx.nn.Conv)
-    layers = [m for m in jax.tree.leaves(model, is_leaf=is_layer) if is_layer(m)]
-    keys = iter(jr.split(key, max(len(layers), 1)))
+def _rng(key) -> np.random.Generator:
+    """A NumPy generator from an int seed or a `jax.random` key."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    return np.random.default_rng(key)
 
-    def redraw(layer):
-        fan_in = layer.weight[0].size
-        weight = jr.normal(next(keys), layer.weight.shape) / jnp.sqrt(fan_in)
-        layer = eqx.tree_at(lambda m: m.weight, layer, weight)
+
+def lecun_normal(model, key=0):
+    """Draw every `eqx.nn.Linear`/`Conv` weight from N(0, 1/fan_in), biases 0.
+
+    `model` may be a skeleton from `eqx.filter_eval_shape` (shapes only) and may
+    hold stacked layers (leading axes from `eqx.filter_vmap`); `key` is an int seed
+    or a `jax.random` key. Every inexact leaf must belong to such a layer.
+    """
+    rng = _rng(key)
+    is_layer = lambda m: isinstance(m, eqx.nn.Linear | eqx.nn.Conv)
+
+    def draw(layer):
+        # Trailing axes of the weight a single output unit reads: (in,) for a
+        # Linear, (in, *kernel) for a Conv; leading axes beyond are stacking.
+        linear = isinstance(layer, eqx.nn.Linear)
+        reads = 1 if linear else 1 + layer.num_spatial_dims
+        fan_in = math.prod(layer.weight.shape[-reads:])
+        weight = rng.standard_normal(layer.weight.shape) / math.sqrt(fan_in)
+        layer = eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(weight, "float32"))
         if layer.bias is not None:
-            layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
+            bias = jnp.zeros(layer.bias.shape, "float32")
+            layer = eqx.tree_at(lambda m: m.bias, layer, bias)
         return layer
 
-    return jax.tree.map(
-        lambda m: redraw(m) if is_layer(m) else m, model, is_leaf=is_layer
+    model = jax.tree.map(
+        lambda m: draw(m) if is_layer(m) else m, model, is_leaf=is_layer
     )
+    left = [x for x in jax.tree.leaves(model) if isinstance(x, jax.ShapeDtypeStruct)]
+    if left:
+        raise ValueError(f"lecun_normal: {len(left)} arrays are not in Linear/Conv")
+    return model
 
 
 def mlp_couplings(
@@ -34,21 +62,22 @@ def mlp_couplings(
     width: int = 512,
     activation=jax.nn.relu,
     scanned: bool = False,
-    key=None,
+    key=0,
 ):
     """Additive couplings `y = (x2 + MLP(x1), x1)`, MLP with one hidden layer."""
-    key = jr.key(0) if key is None else key
+    half = features // 2
 
     def coupling(key):
-        k_mlp, k_init = jr.split(key)
-        half = features // 2
-        mlp = eqx.nn.MLP(half, half, width, 1, activation=activation, key=k_mlp)
-        return inv.AdditiveCoupling(lecun_normal(mlp, k_init), swap=True)
+        mlp = eqx.nn.MLP(half, half, width, 1, activation=activation, key=key)
+        return inv.AdditiveCoupling(mlp, swap=True)
 
-    keys = jr.split(key, depth)
+    shape_key = jax.random.key(0)  # eval_shape reads only its shape
     if scanned:
-        return inv.ScannedSequential(eqx.filter_vmap(coupling)(keys))
-    return inv.Sequential([coupling(k) for k in keys])
+        stack = lambda k: eqx.filter_vmap(coupling)(jax.random.split(k, depth))
+        skeleton = eqx.filter_eval_shape(stack, shape_key)
+        return inv.ScannedSequential(lecun_normal(skeleton, key))
+    layers = [eqx.filter_eval_shape(coupling, shape_key) for _ in range(depth)]
+    return lecun_normal(inv.Sequential(layers), key)
 
 
 class ConvResidual(eqx.Module):
@@ -59,7 +88,7 @@ class ConvResidual(eqx.Module):
     activation: object = eqx.field(static=True)
 
     def __init__(self, channels: int, hidden: int, activation, key):
-        k1, k2 = jr.split(key)
+        k1, k2 = jax.random.split(key)
         self.first = eqx.nn.Conv2d(channels, hidden, 3, padding=1, key=k1)
         self.second = eqx.nn.Conv2d(hidden, channels, 3, padding=1, key=k2)
         self.activation = activation
@@ -68,40 +97,78 @@ class ConvResidual(eqx.Module):
         return self.second(self.activation(self.first(x)))
 
 
-class PaddedRevNet(eqx.Module):
+class RevNet(eqx.Module):
+    """The paper's RevNet (Section 6.1): channels zero-padded (the paper's
+    preprocessing, here a stem outside the chains), then 3 blocks of additive
+    couplings `y2 = x2 + conv(act(conv(x1)))`, an i-RevNet `Squeeze` (space to
+    channels: 4x the channels, half the height and width) between blocks.
+
+    Each block is an `invertible.ScannedSequential`, a chain of its own: compile
+    time then does not grow with depth, which is what makes the paper's depths (and
+    the search for the deepest network under a memory budget) affordable on a CPU.
+    """
+
     pad: inv.ChannelPad
-    body: inv.Sequential
+    blocks: tuple[inv.ScannedSequential, ...]
+    squeeze: inv.Squeeze
 
     def __call__(self, x):
-        return self.body(self.pad(x))
+        x = self.pad(x)
+        for i, block in enumerate(self.blocks):
+            x = block(self.squeeze(x) if i else x)
+        return x
 
 
 def conv_revnet(
     layers_per_block: int,
     *,
-    in_channels: int = 3,
     padded_channels: int = 8,
     hidden: int = 16,
     activation=jax.nn.relu,
-    key=None,
-):
-    """The paper's RevNet: zero-pad the channels (the paper's preprocessing, here a
-    stem outside the chain so that every method runs on the same chain), then 3
-    blocks of additive couplings with conv residuals, a `Squeeze` (i-RevNet ψ)
-    between blocks."""
-    key = jr.key(0) if key is None else key
-    layers = []
-    channels = padded_channels
-    keys = iter(jr.split(key, 3 * layers_per_block))
-    for block in range(3):
-        if block:
-            layers.append(inv.Squeeze())
-            channels *= 4
-        for _ in range(layers_per_block):
-            k_res, k_init = jr.split(next(keys))
-            res = ConvResidual(channels // 2, hidden, activation, k_res)
-            layers.append(inv.AdditiveCoupling(lecun_normal(res, k_init), swap=True))
-    return PaddedRevNet(inv.ChannelPad(padded_channels), inv.Sequential(layers))
+    key=0,
+) -> RevNet:
+    """A `RevNet` with `hidden` channels inside each residual, weights drawn by
+    `lecun_normal` (`key`: an int seed or a `jax.random` key)."""
+
+    def block(channels: int):
+        def coupling(key):
+            residual = ConvResidual(channels // 2, hidden, activation, key)
+            return inv.AdditiveCoupling(residual, swap=True)
+
+        def stack(key):
+            return eqx.filter_vmap(coupling)(jax.random.split(key, layers_per_block))
+
+        return eqx.filter_eval_shape(stack, jax.random.key(0))
+
+    # Shapes first, all weights drawn at once, then the chains (which need arrays).
+    skeletons = [block(padded_channels * 4**i) for i in range(3)]
+    blocks = tuple(map(inv.ScannedSequential, lecun_normal(skeletons, key)))
+    return RevNet(inv.ChannelPad(padded_channels), blocks, inv.Squeeze())
+
+
+class RevNetClassifier(eqx.Module):
+    """A `RevNet`, global average pooling, a linear head."""
+
+    features: RevNet
+    head: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.head(jnp.mean(self.features(x), axis=(1, 2)))
+
+
+def revnet_classifier(
+    layers_per_block: int, *, padded_channels: int, classes: int, key=0, **kwargs
+) -> RevNetClassifier:
+    """`conv_revnet` (`kwargs` go to it) with a linear head on its pooled output."""
+    features = conv_revnet(
+        layers_per_block, padded_channels=padded_channels, key=key, **kwargs
+    )
+    # After two squeezes the body has 16x the padded channels.
+    head = eqx.filter_eval_shape(
+        eqx.nn.Linear, 16 * padded_channels, classes, key=jax.random.key(0)
+    )
+    head_seed = int(_rng(key).integers(2**31)) + 1  # not the body's first draws
+    return RevNetClassifier(features, lecun_normal(head, head_seed))
 
 
 def squared_loss(model, x):

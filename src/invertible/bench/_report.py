@@ -1,0 +1,90 @@
+"""Output of the benchmarks: Markdown tables on stdout, CSV/JSON files and PNG plots
+in the output folder, progress bars on stderr."""
+
+import csv
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+
+def progress(items: Iterable, description: str, total: int | None = None):
+    """A progress bar over `items` (on stderr, so that stdout keeps the tables)."""
+    return tqdm(items, desc=description, total=total, file=sys.stderr, leave=False)
+
+
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def table(title: str, header: list[str], rows: list[list]) -> str:
+    """A Markdown table under a title line; printed as well as returned."""
+    lines = [f"\n{title}\n", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "---|" * len(header))
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def write_json(out: pathlib.Path, name: str, data) -> pathlib.Path:
+    path = out / name
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    return path
+
+
+def write_csv(out: pathlib.Path, name: str, rows: list[dict]) -> pathlib.Path:
+    """One row per measurement; the columns are the keys of the first row."""
+    path = out / name
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@dataclasses.dataclass
+class Panel:
+    """One set of axes: a line per entry of `series` (label -> (xs, ys))."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: dict[str, tuple[list, list]]
+    logy: bool = False
+
+
+def save_plot(out: pathlib.Path, name: str, *panels: Panel) -> pathlib.Path:
+    """Panels side by side in one small PNG."""
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 3.6), dpi=100, squeeze=False
+    )
+    # Exact methods often draw the same curve: vary the line style so that
+    # coinciding lines still show.
+    styles = ["-", "--", ":", "-."]
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for i, (label, (xs, ys)) in enumerate(panel.series.items()):
+            ax.plot(xs, ys, styles[i % 4], marker="o", markersize=3, label=label)
+        xs = sorted({x for xs, _ in panel.series.values() for x in xs})
+        if len(xs) <= 12:  # layers per block: integers, tick each
+            ax.set_xticks(xs)
+        ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        if panel.logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    path = out / name
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,138 @@
+"""The benchmarks: their helpers, the CIFAR-10 reader, and every subcommand's
+`--quick` run as a smoke test (files written, numbers sane)."""
+
+import json
+import math
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from invertible import grad as G
+from invertible.bench import _data
+from invertible.bench.__main__ import main
+from invertible.bench._measure import temp_bytes
+from invertible.bench._memory import deepest_within
+from invertible.bench._models import conv_revnet, squared_loss
+
+
+def _run(command: str, out, *extra: str) -> None:
+    # As from the command line: the test run enables float64 globally.
+    with jax.enable_x64(False):
+        main([command, "--quick", "--out", str(out), *extra])
+
+
+def _read(out, name: str, png: str | None = None):
+    for path in (
+        out / f"{name}.json",
+        out / f"{name}.csv",
+        out / (png or f"{name}.png"),
+    ):
+        assert path.is_file() and path.stat().st_size > 0, path
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_fast_compile_keeps_the_byte_count():
+    model = conv_revnet(2, hidden=4)
+    x = jnp.ones((2, 3, 8, 8), jnp.float32)
+    fast = temp_bytes(G.mixed_grad, squared_loss, model, x, fast=True)
+    assert fast == temp_bytes(G.mixed_grad, squared_loss, model, x, fast=False)
+
+
+def test_deepest_within_finds_the_last_depth_under_budget():
+    probes = []
+
+    def temp_at(depth):
+        probes.append(depth)
+        return 100 + 7 * depth + (depth % 3)  # close to linear, not exactly
+
+    for budget in (108, 300, 1000):
+        probes.clear()
+        deepest = deepest_within(budget, temp_at, 1, 1000)
+        assert temp_at(deepest) <= budget < temp_at(deepest + 1)
+        assert len(probes) <= 2 + 6  # a handful of compiles, not a scan
+
+
+def _write_cifar10(folder, images_per_file: int = 10) -> dict:
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in (*_data.CIFAR10_TRAIN, _data.CIFAR10_TEST):
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, images_per_file).tolist(),
+            b"filenames": [b"x.png"] * images_per_file,
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+        written[name] = batch
+    return written
+
+
+def test_cifar10_reader(tmp_path):
+    written = _write_cifar10(tmp_path)
+    data = _data.cifar10(tmp_path)
+    assert data.x_train.shape == (50, 3, 32, 32) and data.x_train.dtype == np.float32
+    assert data.x_test.shape == (10, 3, 32, 32)
+    assert data.y_train.dtype == np.int32 and data.classes == 10
+    np.testing.assert_array_equal(data.y_test, written["test_batch"][b"labels"])
+    np.testing.assert_array_equal(
+        data.y_train[10:20], written["data_batch_2"][b"labels"]
+    )
+    # Standardised per channel with the training set's statistics.
+    np.testing.assert_allclose(data.x_train.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(data.x_train.std(axis=(0, 2, 3)), 1, atol=1e-3)
+    # The layout: 1024 red bytes, row-major, then green, then blue.
+    raw = written["test_batch"][b"data"][3].astype(np.float64)
+    image = data.x_test[3]
+    for channel in range(3):
+        plane = raw[1024 * channel : 1024 * (channel + 1)].reshape(32, 32)
+        corr = np.corrcoef(plane.ravel(), image[channel].ravel())[0, 1]
+        assert corr > 0.999
+
+
+def test_cifar10_reader_names_missing_files(tmp_path):
+    _write_cifar10(tmp_path)
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        _data.cifar10(tmp_path)
+
+
+def test_memory_quick(tmp_path):
+    _run("memory", tmp_path)
+    results = _read(tmp_path, "memory", png="memory_pad8.png")
+    (revnet,) = results["revnet"]
+    slope = revnet["MB_per_layer_per_block"]
+    assert 0 < slope["mixed"] < 0.5 * slope["backprop"]
+    assert abs(slope["reversible"]) < 0.1 * slope["backprop"]  # flat
+    deepest = revnet["deepest_within_budget"]
+    assert deepest["mixed"] >= 2 * deepest["backprop"]  # the paper's v2 claim
+
+
+def test_time_quick(tmp_path):
+    _run("time", tmp_path)
+    results = _read(tmp_path, "time")
+    for network in ("revnet", "tiny"):
+        for ratios in results[network]["ratio_to_backprop"].values():
+            assert all(math.isfinite(r) and r > 0 for r in ratios)
+    assert min(results["tiny"]["forward_over_moonwalk"]) > 1
+
+
+def test_accuracy_quick(tmp_path):
+    _run("accuracy", tmp_path)
+    results = _read(tmp_path, "accuracy")
+    for activation in ("relu", "tanh"):
+        errors = results[activation]
+        assert max(errors["backprop"]) < 1e-4
+        assert max(errors["mixed (anchors every 8)"]) < 1e-3
+
+
+def test_train_quick(tmp_path):
+    _run("train", tmp_path)
+    results = _read(tmp_path, "train")
+    accuracy = results["final_test_accuracy"]
+    assert set(accuracy) == {"backprop", "mixed", "reversible"}
+    assert all(a > 0.5 for a in accuracy.values()), accuracy  # chance: 0.1
+    # The same start and batches: Mixed follows backprop's trajectory.
+    assert results["distance_to_backprop"]["mixed"] < 1e-2
