@@ -99,6 +99,23 @@ def test_cifar10_reader_names_missing_files(tmp_path):
         _data.cifar10(tmp_path)
 
 
+def test_train_cifar10_needs_a_complete_folder(tmp_path):
+    with pytest.raises(SystemExit, match="--data-dir"):
+        main(["train", "--dataset", "cifar10", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="data_batch_1"):
+        main(
+            [
+                "train",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+
+
 def test_memory_quick(tmp_path):
     _run("memory", tmp_path)
     results = _read(tmp_path, "memory", png="memory_pad8.png")
