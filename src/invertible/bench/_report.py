@@ -53,6 +53,29 @@ def write_csv(out: pathlib.Path, name: str, rows: list[dict]) -> pathlib.Path:
     return path
 
 
+# One colour per method in every figure; a variant ("mixed (anchors every 8)")
+# takes its method's colour unless it has its own.
+COLORS = {
+    name: f"C{i}"
+    for i, name in enumerate(
+        (
+            "backprop",
+            "checkpointed",
+            "reversible",
+            "mixed",
+            "moonwalk",
+            "forward",
+            "projected forward",
+            "mixed (no anchors)",
+        )
+    )
+}
+
+
+def color(label: str) -> str | None:
+    return COLORS.get(label, COLORS.get(label.split(" (")[0]))
+
+
 @dataclasses.dataclass
 class Panel:
     """One set of axes: a line per entry of `series` (label -> (xs, ys))."""
@@ -74,7 +97,8 @@ def save_plot(out: pathlib.Path, name: str, *panels: Panel) -> pathlib.Path:
     styles = ["-", "--", ":", "-."]
     for ax, panel in zip(axes[0], panels, strict=True):
         for i, (label, (xs, ys)) in enumerate(panel.series.items()):
-            ax.plot(xs, ys, styles[i % 4], marker="o", markersize=3, label=label)
+            style = dict(marker="o", markersize=3, color=color(label), label=label)
+            ax.plot(xs, ys, styles[i % 4], **style)
         xs = sorted({x for xs, _ in panel.series.values() for x in xs})
         if len(xs) <= 12:  # layers per block: integers, tick each
             ax.set_xticks(xs)

@@ -99,7 +99,10 @@ def _seconds(network: Network, fast_compile: bool) -> dict[str, list[float]]:
         model = conv_revnet(
             layers, padded_channels=network.padding, hidden=network.hidden
         )
-        fns = {m: compile_for(t(squared_loss), model, x) for m, t in transforms.items()}
+        fns = {
+            m: compile_for(t(squared_loss), model, x, fast=fast_compile)
+            for m, t in transforms.items()
+        }
         medians = interleaved_medians(
             fns, (model, x), network.repeats, f"time, {layers} layers per block"
         )
