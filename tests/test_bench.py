@@ -1,6 +1,7 @@
 """The benchmarks: their helpers, the CIFAR-10 reader, and every subcommand's
 `--quick` run as a smoke test (files written, numbers sane)."""
 
+import dataclasses
 import json
 import math
 import pickle
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from invertible import grad as G
-from invertible.bench import _data
+from invertible.bench import _data, _memory
 from invertible.bench.__main__ import main
 from invertible.bench._measure import temp_bytes
 from invertible.bench._memory import deepest_within
@@ -53,6 +54,18 @@ def test_deepest_within_finds_the_last_depth_under_budget():
         deepest = deepest_within(budget, temp_at, 1, 1000)
         assert temp_at(deepest) <= budget < temp_at(deepest + 1)
         assert len(probes) <= 2 + 6  # a handful of compiles, not a scan
+
+
+def test_budget_search_with_a_budget_of_its_own():
+    # Synthetic linear memory (MB) per method: no compiles.
+    slope = {m: 10.0 / (i + 1) for i, m in enumerate(_memory.METHODS)}
+    temp_at = lambda method, layers: int((100 + slope[method] * layers) * 1e6)
+    config = dataclasses.replace(_memory.QUICK, budget_mb=151.0, max_layers=64)
+    deepest = _memory._budget(config, temp_at)
+    assert deepest["budget_bytes"] == 151_000_000
+    for method in _memory.METHODS:
+        expected = min(int(51 / slope[method]), 64)  # no ties with the budget
+        assert deepest[method] == expected, method
 
 
 def _write_cifar10(folder, images_per_file: int = 10) -> dict:

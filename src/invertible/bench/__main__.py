@@ -42,7 +42,10 @@ def _demo(args) -> dict:
 
 COMMANDS = {
     "memory": lambda a: _memory.memory(
-        _memory.QUICK if a.quick else _memory.FULL, a.out
+        dataclasses.replace(
+            _memory.QUICK if a.quick else _memory.FULL, budget_mb=a.budget_mb
+        ),
+        a.out,
     ),
     "time": lambda a: _time.timing(_time.QUICK if a.quick else _time.FULL, a.out),
     "accuracy": lambda a: _accuracy.accuracy(
@@ -78,6 +81,13 @@ def main(argv=None) -> dict:
         help="train --dataset cifar10: the folder with data_batch_1..5, test_batch",
     )
     parser.add_argument("--epochs", type=int, default=None, help="train: epochs")
+    parser.add_argument(
+        "--budget-mb",
+        type=float,
+        default=None,
+        help="memory: the budget (MB of compiled temporaries) for the deepest-network "
+        "search (default: backprop's memory at 5 layers per block, 3 with --quick)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -32,6 +32,7 @@ class Config:
     mlp_width: int
     mlp_depths: tuple[int, int]
     mlp_chains: tuple[str, ...] = ("Sequential", "ScannedSequential")  # one table each
+    budget_mb: float | None = None  # a budget of its own, instead of budget_layers
 
 
 FULL = Config(
@@ -109,9 +110,13 @@ def deepest_within(budget: int, temp_at, lo: int, hi: int) -> int:
 
 
 def _budget(config: Config, temp_at) -> dict:
-    """The deepest network (layers per block) each method fits into backprop's
-    memory at `config.budget_layers` layers per block."""
-    budget = temp_at("backprop", config.budget_layers)
+    """The deepest network (layers per block) each method fits into
+    `config.budget_mb`, or else into backprop's memory at `config.budget_layers`
+    layers per block."""
+    if config.budget_mb is None:
+        budget = temp_at("backprop", config.budget_layers)
+    else:
+        budget = int(config.budget_mb * 1e6)
     deepest = {}
     for method in progress(METHODS, "budget search"):
         at = lambda layers, m=method: temp_at(m, layers)
@@ -153,13 +158,21 @@ def _revnet(config: Config, padding: int, out) -> dict:
         [[m, *mb[m], slope[m], slope[m] / slope["backprop"]] for m in METHODS],
     )
     deepest_backprop = budget["backprop"]
+    if config.budget_mb is None:
+        budget_name = f"backprop's memory at {config.budget_layers} layers per block"
+    else:
+        budget_name = "a budget"
     table(
-        f"Deepest RevNet (padding {padding}) within backprop's memory at "
-        f"{config.budget_layers} layers per block ({budget['budget_bytes'] / 1e6:.1f}"
-        f" MB); the search stops at {config.max_layers}",
+        f"Deepest RevNet (padding {padding}) within {budget_name} "
+        f"({budget['budget_bytes'] / 1e6:.1f} MB); the search stops at "
+        f"{config.max_layers}",
         ["method", "layers per block", "vs backprop"],
         [
-            [m, _at_least(budget[m], config.max_layers), budget[m] / deepest_backprop]
+            [
+                m,
+                _at_least(budget[m], config.max_layers),
+                budget[m] / deepest_backprop if deepest_backprop else float("inf"),
+            ]
             for m in METHODS
         ],
     )
