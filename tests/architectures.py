@@ -7,7 +7,9 @@ at a given shape when it builds and traces there: layers check their input shape
 at trace time, so the registry itself says what fits.
 """
 
+import contextlib
 import dataclasses
+import random
 from typing import Any
 
 import equinox as eqx
@@ -104,8 +106,25 @@ def _choose(draw, shape, *, stackable: bool):
     return draw(st.sampled_from(options))
 
 
+@contextlib.contextmanager
+def _global_random_untouched():
+    """Under the test-time type checker, beartype checks one random item of each
+    list argument, drawn from the global `random` module; hypothesis forbids
+    strategies to move that state (its draws must replay). Put it back."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 @st.composite
 def architectures(draw, *, max_depth: int = 4, scanned: bool | None = None):
+    with _global_random_untouched():
+        return _architecture(draw, max_depth, scanned)
+
+
+def _architecture(draw, max_depth: int, scanned: bool | None) -> Architecture:
     seed = draw(st.integers(0, 2**31 - 1))
     keys = iter(jr.split(jr.key(seed), 64))
     shape = draw(st.sampled_from(VECTORS[1:] + IMAGES[:2]))
