@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from .. import grad as G
 from ._measure import compile_for, relative_error
 from ._models import conv_revnet, squared_loss
-from ._report import Panel, progress, save_plot, table, write_csv, write_json
+from ._report import Panel, device, progress, save_plot, table, write_csv, write_json
 
 CANDIDATES = {
     "backprop": eqx.filter_grad,
@@ -72,7 +72,7 @@ def _errors(config: Config, activation) -> dict[str, list[float]]:
 
 def accuracy(config: Config, out) -> dict:
     depths = list(config.layers_per_block)
-    results = {"layers_per_block": depths}
+    results = {"device": device(), "layers_per_block": depths}
     rows, panels = [], []
     with jax.enable_x64(True):  # for the oracle; the candidates run in float32
         for act_name, activation in ACTIVATIONS.items():

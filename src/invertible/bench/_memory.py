@@ -10,12 +10,11 @@ time.
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from ._measure import METHODS, methods, temp_bytes
 from ._models import conv_revnet, mlp_couplings, squared_loss
-from ._report import Panel, progress, save_plot, table, write_csv, write_json
+from ._report import Panel, device, progress, save_plot, table, write_csv, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +240,7 @@ def _mlp(config: Config) -> dict:
 
 def memory(config: Config, out) -> dict:
     results = {
-        "device": str(jax.devices()[0].device_kind),
+        "device": device(),
         "forward_chunk_size": CHUNK_SIZE,
         "revnet": [_revnet(config, padding, out) for padding in config.paddings],
         "mlp_couplings": _mlp(config),

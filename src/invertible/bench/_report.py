@@ -8,12 +8,21 @@ import pathlib
 import sys
 from collections.abc import Iterable
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
+
+
+def device() -> str:
+    """What JAX computes on: `"cpu"`, or e.g. `"gpu: NVIDIA H100 80GB HBM3"`."""
+    first = jax.devices()[0]
+    if first.platform == "cpu":
+        return "cpu"
+    return f"{first.platform}: {first.device_kind}"
 
 
 def progress(items: Iterable, description: str, total: int | None = None):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ._measure import compile_for, interleaved_medians, methods
 from ._models import conv_revnet, squared_loss
-from ._report import Panel, progress, save_plot, table, write_csv, write_json
+from ._report import Panel, device, progress, save_plot, table, write_csv, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _seconds(network: Network, fast_compile: bool) -> dict[str, list[float]]:
 
 
 def timing(config: Config, out) -> dict:
-    results = {"device": jax.devices()[0].device_kind}
+    results = {"device": device()}
     rows = []
     for name, network in (("revnet", config.revnet), ("tiny", config.tiny)):
         depths = network.layers_per_block
@@ -146,7 +146,7 @@ def timing(config: Config, out) -> dict:
             [[m, *ratio[m]] for m in network.methods],
         )
         table(
-            "The same in seconds: this machine only (a shared CPU), for scale",
+            f"The same in seconds, on this machine only ({device()}), for scale",
             ["method", *map(str, depths)],
             [[m, *seconds[m]] for m in network.methods],
         )
@@ -181,7 +181,7 @@ def timing(config: Config, out) -> dict:
         Panel(
             config.tiny.short(),
             "layers per block",
-            "seconds per batch (this CPU)",
+            f"seconds per batch ({device()})",
             {m: (list(tiny_depths), s) for m, s in tiny.items()},
             logy=True,
         ),

@@ -13,7 +13,7 @@ import optax
 from .. import grad as G
 from . import _data
 from ._models import revnet_classifier
-from ._report import Panel, progress, save_plot, table, write_csv, write_json
+from ._report import Panel, device, progress, save_plot, table, write_csv, write_json
 
 METHODS = {
     "backprop": eqx.filter_grad,
@@ -151,7 +151,7 @@ def train(config: Config, data: _data.Dataset, out, seed: int = 0) -> dict:
             "final test accuracy",
             "best test accuracy",
             "parameters vs backprop's (relative distance)",
-            "seconds per step (this CPU)",
+            f"seconds per step ({device()})",
         ],
         [
             [
@@ -194,6 +194,7 @@ def train(config: Config, data: _data.Dataset, out, seed: int = 0) -> dict:
         ],
     )
     results = {
+        "device": device(),
         "dataset": data.name,
         "train_size": len(data.x_train),
         "test_size": len(data.x_test),
