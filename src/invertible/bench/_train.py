@@ -38,7 +38,7 @@ DIGITS_FULL = Config(
     layers_per_block=3, padding=8, hidden=16, batch=64, epochs=30, learning_rate=1e-3
 )
 DIGITS_QUICK = Config(
-    layers_per_block=1, padding=8, hidden=8, batch=64, epochs=4, learning_rate=3e-3
+    layers_per_block=2, padding=8, hidden=8, batch=64, epochs=4, learning_rate=3e-3
 )
 CIFAR10_FULL = Config(
     layers_per_block=3, padding=8, hidden=32, batch=128, epochs=10, learning_rate=1e-3
