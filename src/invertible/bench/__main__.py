@@ -60,7 +60,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m invertible.bench", description=__doc__.split("\n\n")[1]
     )
-    parser.add_argument("command", choices=list(COMMANDS))
+    parser.add_argument(
+        "command",
+        choices=list(COMMANDS),
+        help="memory (Figs 2-3, and the deepest network within a budget), time "
+        "(Fig 4), accuracy (Fig 6), train (Fig 5), demo (memory and train, quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument(
         "--out",
