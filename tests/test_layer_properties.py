@@ -32,6 +32,10 @@ def test_kind_matches_class(entry, data, seed):
     assert isinstance(layer, expected)
     y = eqx.filter_eval_shape(layer, x)
     assert y.dtype == x.dtype
+    # A keyword-only `key`, as every Equinox layer takes (`eqx.nn.Sequential`
+    # passes one).
+    with_key = eqx.filter_eval_shape(lambda x: layer(x, key=jr.key(0)), x)
+    assert (with_key.shape, with_key.dtype) == (y.shape, y.dtype)
     if entry.kind == "right-invertible":
         assert not isinstance(layer, inv.AbstractInvertible)
         assert y.size <= x.size

@@ -223,3 +223,44 @@ def test_forward_over_reverse(method):
     tangent = jax.tree.map(jnp.ones_like, params)
     want = _hvp_backprop(params, tangent)
     assert_close(_hvp(METHODS[method])(params, tangent), want)
+
+
+def _keyed_loss(net, x, y):
+    keys = jr.split(jr.key(4), len(x))
+    return jnp.mean((jax.vmap(lambda x, k: net(x, key=k))(x, keys) - y) ** 2)
+
+
+@pytest.mark.parametrize("method", ["mixed", "moonwalk"])
+def test_chain_inside_eqx_nn_sequential(method):
+    # `eqx.nn.Sequential` passes a `key` to every layer, the chain included.
+    m = model()
+    nested = eqx.nn.Sequential([m.stem, m.chain, m.head])
+    want = eqx.filter_jit(eqx.filter_grad(_keyed_loss))(nested, X, Y)
+    got = eqx.filter_jit(METHODS[method](_keyed_loss))(nested, X, Y)
+    assert_close(got, want)
+
+
+class _DoubledVijp(inv.AbstractInvertible):
+    """The identity, with a vijp wrong by a factor 2: shows whether it was used."""
+
+    def __call__(self, x, *, key=None):
+        return x
+
+    def inverse(self, y):
+        return y
+
+    def inverse_jvp(self, x, ct_x):
+        return x, 2 * ct_x
+
+
+@pytest.mark.parametrize(
+    "method", [G.moonwalk_grad, G.mixed_grad(anchor_every=None)], ids=repr
+)
+def test_chain_inside_eqx_nn_sequential_uses_the_method(method):
+    m = model()
+    chain = inv.Sequential([*m.chain.layers[:2], _DoubledVijp(), m.chain.layers[2]])
+    nested = eqx.nn.Sequential([m.stem, chain, m.head])
+    want = eqx.filter_grad(_keyed_loss)(nested, X, Y)
+    got = eqx.filter_jit(method(_keyed_loss))(nested, X, Y)
+    last = lambda g: g.layers[1].layers[3].residual.layers[0].weight
+    assert not jnp.allclose(last(got), last(want))  # the forward sweep ran

@@ -3,7 +3,7 @@
 import abc
 
 import equinox as eqx
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 
 class AbstractSubmersive(eqx.Module):
@@ -22,10 +22,15 @@ class AbstractSubmersive(eqx.Module):
     """
 
     @abc.abstractmethod
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(
+        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         """**Arguments:**
 
         - `x`: one input example.
+        - `key`: ignored; keyword-only. Accepted, as by every Equinox layer, so that
+          layers sit in `eqx.nn.Sequential`, which passes one. The gradient
+          transforms call `layer(x)`: a layer must not need a key.
 
         **Returns:**
 
@@ -78,10 +83,15 @@ class AbstractNonSubmersive(eqx.Module):
     """
 
     @abc.abstractmethod
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(
+        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         """**Arguments:**
 
         - `x`: one input example.
+        - `key`: ignored; keyword-only. Accepted, as by every Equinox layer, so that
+          layers sit in `eqx.nn.Sequential`, which passes one. The gradient
+          transforms call `layer(x)`: a layer must not need a key.
 
         **Returns:**
 

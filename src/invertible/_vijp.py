@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._abstract import AbstractInvertible, AbstractNonSubmersive, AbstractSubmersive
 from ._checks import layer_name
@@ -232,7 +232,9 @@ class SolvedInverseJVP(AbstractInvertible):
         self.module = module
         self.solver = solver
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(
+        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         return self.module(x)
 
     def inverse(self, y: Float[Array, "..."]) -> Float[Array, "..."]:
@@ -273,7 +275,9 @@ class SolvedRightInverseJVP(AbstractSubmersive):
         self.module = module
         self.solver = solver
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(
+        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         return self.module(x)
 
     def inverse_jvp(

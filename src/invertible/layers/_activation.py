@@ -2,7 +2,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractInvertible, AbstractNonSubmersive
 from .._checks import check_input, check_same_shape
@@ -30,7 +30,9 @@ class LeakyReLU(AbstractInvertible):
     def _slope(self, x: Array) -> Array:
         return jnp.where(x >= 0, 1.0, self.negative_slope).astype(x.dtype)
 
-    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         check_input(self, x)
         return x * self._slope(x)
 
@@ -59,7 +61,9 @@ class ReLU(AbstractNonSubmersive):
     same convention as the fragment; `jax.nn.relu` is not used for that reason.
     """
 
-    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         check_input(self, x)
         return jnp.where(x > 0, x, 0).astype(x.dtype)
 
@@ -114,7 +118,9 @@ class Asinh(AbstractInvertible):
     `1 / sqrt(1 + x²)` never vanishes; the vijp multiplies by `sqrt(1 + x²)`.
     """
 
-    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    def __call__(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         check_input(self, x)
         return jnp.arcsinh(x)
 

@@ -2,7 +2,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractInvertible
 from .._checks import check_input, check_same_shape, layer_name
@@ -85,7 +85,7 @@ class ActNorm(AbstractInvertible):
         return p.reshape((self.channels,) + (1,) * (x.ndim - 1))
 
     def __call__(
-        self, x: Float[Array, "channels *rest"]
+        self, x: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "channels *rest"]:
         self._check(x)
         scale = jnp.exp(self._per_channel(self.log_scale, x))

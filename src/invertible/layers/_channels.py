@@ -3,7 +3,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractNonSubmersive, AbstractSubmersive
 from .._checks import check_input, check_same_shape, layer_name
@@ -53,10 +53,13 @@ class KeepChannels(AbstractSubmersive):
                 f"{what} of shape {x.shape} with only {x.shape[0]}."
             )
 
-    def __call__(self, x: Float[Array, "channels *rest"]) -> Float[Array, "kept *rest"]:
+    def __call__(
+        self, x: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "kept *rest"]:
         """**Arguments:**
 
         - `x`: an input of shape `(C, ...)`, `C >= channels`.
+        - `key`: ignored; keyword-only, as in every Equinox layer.
 
         **Returns:**
 
@@ -114,11 +117,12 @@ class ChannelPad(AbstractNonSubmersive):
             )
 
     def __call__(
-        self, x: Float[Array, "channels *rest"]
+        self, x: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "out_channels *rest"]:
         """**Arguments:**
 
         - `x`: an input of shape `(C, ...)`, `C <= out_channels`.
+        - `key`: ignored; keyword-only, as in every Equinox layer.
 
         **Returns:**
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractInvertible
 from .._checks import check_input, check_same_shape, layer_name
@@ -70,7 +70,7 @@ class AdditiveCoupling(AbstractInvertible):
         self.swap = swap
 
     def __call__(
-        self, x: Float[Array, "channels *rest"]
+        self, x: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "channels *rest"]:
         x1, x2 = split_halves(self, x)
         shift = self.residual(x1)
@@ -168,7 +168,7 @@ class AffineCoupling(AbstractInvertible):
         return jnp.exp(log_scale), out[half:]
 
     def __call__(
-        self, x: Float[Array, "channels *rest"]
+        self, x: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "channels *rest"]:
         x1, x2 = split_halves(self, x)
         scale, shift = self.scale_and_shift(x1)

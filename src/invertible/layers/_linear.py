@@ -63,7 +63,9 @@ class InvertibleLinear(AbstractInvertible):
             self, x, shape=(self.features,), describe=f"({self.features},)", what=what
         )
 
-    def __call__(self, x: Float[Array, " features"]) -> Float[Array, " features"]:
+    def __call__(
+        self, x: Float[Array, " features"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " features"]:
         self._check(x)
         y = self.weight.apply(x)
         return y if self.bias is None else y + self.bias
@@ -124,7 +126,10 @@ class Invertible1x1Conv(AbstractInvertible):
         return self.bias.reshape(_bias_shape(x))
 
     def __call__(
-        self, x: Float[Array, "channels height width"]
+        self,
+        x: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "channels height width"]:
         self._check(x)
         y = self.weight.apply(x)

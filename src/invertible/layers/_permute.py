@@ -129,7 +129,7 @@ class Permute(AbstractInvertible):
             )
 
     def __call__(
-        self, x: Float[Array, "channels *rest"]
+        self, x: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "channels *rest"]:
         self._check(x)
         return x[self.permutation]

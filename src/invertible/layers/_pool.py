@@ -1,7 +1,7 @@
 """Average pooling: right-invertible, with an analytic vijp."""
 
 import equinox as eqx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractSubmersive
 from .._checks import check_input, check_same_shape, layer_name
@@ -55,11 +55,15 @@ class AvgPool2d(AbstractSubmersive):
         return x.reshape(c, h // kh, kh, w // kw, kw)
 
     def __call__(
-        self, x: Float[Array, "channels height width"]
+        self,
+        x: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "channels out_height out_width"]:
         """**Arguments:**
 
         - `x`: an image of shape `(C, H, W)`, `H` and `W` multiples of the window.
+        - `key`: ignored; keyword-only, as in every Equinox layer.
 
         **Returns:**
 

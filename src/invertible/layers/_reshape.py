@@ -1,6 +1,6 @@
 """Invertible rearrangements of an image's pixels."""
 
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractInvertible
 from .._checks import check_input, check_same_shape, layer_name
@@ -42,7 +42,10 @@ class Squeeze(AbstractInvertible):
             )
 
     def __call__(
-        self, x: Float[Array, "channels height width"]
+        self,
+        x: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "4*channels height//2 width//2"]:
         self._check(x)
         return _space_to_depth(x)

@@ -5,7 +5,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._abstract import AbstractInvertible, AbstractNonSubmersive, AbstractSubmersive
 from .._checks import layer_name
@@ -70,7 +70,9 @@ class Sequential(eqx.Module):
         self.layers = tuple(flat)
         self.rule = rule
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(
+        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         if self.rule is not None:
             return self.rule(self, x)
         for layer in self.layers:
@@ -211,7 +213,9 @@ class ScannedSequential(eqx.Module):
             )
         self.rule = rule
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(
+        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         if self.rule is not None:
             return self.rule(self, x)
         dynamic, static = eqx.partition(self.layers, eqx.is_array)

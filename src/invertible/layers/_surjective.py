@@ -104,7 +104,9 @@ class SurjectiveLinear(AbstractSubmersive):
             what=what,
         )
 
-    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+    def __call__(
+        self, x: Float[Array, " in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " out"]:
         """**Arguments:**
 
         - `x`: a vector of shape `(in_features,)`.
