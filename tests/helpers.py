@@ -152,11 +152,15 @@ REGISTRY += [
 ]
 
 
-def to_float64(tree):
+def cast(tree, dtype):
+    """`tree` with every floating array in `dtype`."""
     return jax.tree.map(
-        lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
-        tree,
+        lambda leaf: leaf.astype(dtype) if eqx.is_inexact_array(leaf) else leaf, tree
     )
+
+
+def to_float64(tree):
+    return cast(tree, jnp.float64)
 
 
 # Random cotangents the way `invertible.check_layer` draws them.

@@ -7,7 +7,7 @@ import jax.random as jr
 import pytest
 
 import invertible as inv
-from helpers import assert_close
+from helpers import assert_close, cast, to_float64
 from invertible import grad as G
 from invertible.bench._measure import relative_error
 from invertible.bench._models import mlp_couplings, squared_loss
@@ -15,9 +15,7 @@ from invertible.bench._models import mlp_couplings, squared_loss
 
 def _small_model():
     model = mlp_couplings(3, features=4, width=8, key=jr.key(0))
-    return jax.tree.map(
-        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model
-    )
+    return to_float64(model)
 
 
 def test_projected_forward_gradient_is_unbiased():
@@ -64,15 +62,10 @@ def test_float32_mixed_tracks_backprop_at_depth():
     # The vijp recursion multiplies round-off by inverse Jacobians; with its default
     # anchors, Mixed's float32 error must stay within 3x backprop's at depth 32.
     depth = 32
-    model64 = jax.tree.map(
-        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a,
-        mlp_couplings(depth, features=16, width=32, key=jr.key(4)),
-    )
+    model64 = to_float64(mlp_couplings(depth, features=16, width=32, key=jr.key(4)))
     x64 = jr.normal(jr.key(5), (8, 16), jnp.float64)
     oracle = eqx.filter_grad(squared_loss)(model64, x64)
-    model32 = jax.tree.map(
-        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model64
-    )
+    model32 = cast(model64, jnp.float32)
     x32 = x64.astype(jnp.float32)
     backprop = relative_error(eqx.filter_grad(squared_loss)(model32, x32), oracle)
     mixed = relative_error(
@@ -80,6 +73,15 @@ def test_float32_mixed_tracks_backprop_at_depth():
     )
     assert backprop < 1e-4
     assert mixed <= 3 * backprop, (mixed, backprop)
+
+
+# The transforms that differentiate invertible chains by their own rule.
+CHAIN_TRANSFORMS = [
+    G.mixed_grad,
+    G.moonwalk_grad,
+    G.reversible_grad,
+    G.checkpointed_grad,
+]
 
 
 class _TwoChains(eqx.Module):
@@ -112,19 +114,9 @@ class _TwoChains(eqx.Module):
         return self.head(y) * jnp.exp(shared).sum()
 
 
-def _float64(tree):
-    return jax.tree.map(
-        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree
-    )
-
-
-@pytest.mark.parametrize(
-    "transform",
-    [G.mixed_grad, G.moonwalk_grad, G.reversible_grad, G.checkpointed_grad],
-    ids=lambda t: t.__name__,
-)
+@pytest.mark.parametrize("transform", CHAIN_TRANSFORMS, ids=lambda t: t.__name__)
 def test_several_nested_and_shared_chains(transform):
-    model = _float64(_TwoChains(jr.key(0)))
+    model = to_float64(_TwoChains(jr.key(0)))
     # Non-trivial ActNorm parameters, so the shared one matters.
     model = eqx.tree_at(
         lambda m: m.first.layers[0].residual.layers[0].log_scale,
@@ -140,7 +132,7 @@ def test_several_nested_and_shared_chains(transform):
 def test_optax_training_loop_matches_backprop():
     import optax
 
-    model = _float64(_TwoChains(jr.key(2)))
+    model = to_float64(_TwoChains(jr.key(2)))
     x = jr.normal(jr.key(3), (6, 4), jnp.float64)
     target = jr.normal(jr.key(4), (6, 2), jnp.float64)
     loss = lambda m, x, t: jnp.mean((jax.vmap(m)(x) - t) ** 2)
@@ -190,15 +182,11 @@ def test_stacked_fragments_with_segments_and_tail(anchor_every):
     assert_close(got, eqx.filter_grad(loss)(model, x))
 
 
-@pytest.mark.parametrize(
-    "transform",
-    [G.mixed_grad, G.moonwalk_grad, G.reversible_grad, G.checkpointed_grad],
-    ids=lambda t: t.__name__,
-)
+@pytest.mark.parametrize("transform", CHAIN_TRANSFORMS, ids=lambda t: t.__name__)
 def test_frozen_parameters_by_partition(transform):
     # Equinox's idiom: differentiate one half of the model, pass the other as a
     # second argument, `eqx.combine` them inside the loss.
-    model = _float64(_TwoChains(jr.key(5)))
+    model = to_float64(_TwoChains(jr.key(5)))
     frozen_spec = jax.tree.map(eqx.is_inexact_array, model)
     frozen_spec = eqx.tree_at(lambda m: m.head, frozen_spec, replace_fn=lambda h: False)
     trainable, frozen = eqx.partition(model, frozen_spec)
@@ -211,15 +199,11 @@ def test_frozen_parameters_by_partition(transform):
     assert_close(transform(loss)(trainable, frozen, x), expected)
 
 
-@pytest.mark.parametrize(
-    "transform",
-    [G.mixed_grad, G.moonwalk_grad, G.reversible_grad, G.checkpointed_grad],
-    ids=lambda t: t.__name__,
-)
+@pytest.mark.parametrize("transform", CHAIN_TRANSFORMS, ids=lambda t: t.__name__)
 def test_scanned_chain_nested_in_a_sequential(transform):
     make = lambda k: inv.AdditiveCoupling(eqx.nn.MLP(2, 2, 8, 1, key=k), swap=True)
     stack = inv.ScannedSequential(eqx.filter_vmap(make)(jr.split(jr.key(7), 3)))
-    model = _float64(inv.Sequential([inv.LeakyReLU(0.5), stack, inv.Asinh(), stack]))
+    model = to_float64(inv.Sequential([inv.LeakyReLU(0.5), stack, inv.Asinh(), stack]))
     x = jr.normal(jr.key(8), (3, 4), jnp.float64)
     loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))
     assert_close(transform(loss)(model, x), eqx.filter_grad(loss)(model, x))

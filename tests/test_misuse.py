@@ -15,6 +15,7 @@ import jax.random as jr
 import pytest
 
 import invertible as inv
+from helpers import cast
 from invertible import grad as G
 
 # The library's own checks, not jaxtyping's (on in the test run, off for users).
@@ -64,12 +65,6 @@ def stack(make, depth=3):
 @ft.cache
 def scanned_surjective():
     return stack(lambda k: inv.SurjectiveLinear(4, 2, key=k))
-
-
-def to(tree, dtype):
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
-    )
 
 
 X = jnp.linspace(-1.0, 1.0, 4)
@@ -257,7 +252,7 @@ def test_parameters_and_input_of_different_dtypes(name, params, data):
     match = rf"{name}: layer 0 \(AdditiveCoupling\) of the Sequential holds {params} "
     match += rf"parameters but receives a {data} input.*astype"
     with pytest.raises(TypeError, match=match):
-        trace(name, loss, to(chain(), params), X.astype(data))
+        trace(name, loss, cast(chain(), params), X.astype(data))
 
 
 # --- the loss

@@ -24,7 +24,9 @@ import jax.random as jr
 import pytest
 
 import invertible as inv
+from helpers import cast
 from invertible import grad as G
+from invertible.bench._measure import relative_error
 
 
 def _mlp(key, half, out=None):
@@ -115,20 +117,6 @@ def test_non_finite_values_stay_visible(method):
             ), case
 
 
-def _relative_error(got, want):
-    """Worst leaf of |got - want| / |want|, in float64."""
-    return max(
-        float(jnp.linalg.norm(g.astype(jnp.float64) - w) / jnp.linalg.norm(w))
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
-    )
-
-
-def _cast(tree, dtype):
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
-    )
-
-
 @ft.cache
 def _oracle():
     # The model and input shapes of the tests above: `_backprop` is compiled once.
@@ -151,13 +139,13 @@ ACCURACY = {
 @pytest.mark.parametrize("dtype", sorted(ACCURACY))
 def test_low_precision_tracks_backprop(dtype):
     model64, x64, oracle = _oracle()
-    model, x = _cast(model64, dtype), x64.astype(dtype)
+    model, x = cast(model64, dtype), x64.astype(dtype)
     bound = ACCURACY[dtype]
-    backprop = _relative_error(_backprop(model, x), oracle)
+    backprop = relative_error(_backprop(model, x), oracle)
     assert backprop <= bound["ceiling"], backprop
     for method in ["mixed", "moonwalk"]:
         grads = eqx.filter_jit(METHODS[method])(model, x)
         assert all(g.dtype == jnp.dtype(dtype) for g in jax.tree.leaves(grads))
-        error = _relative_error(grads, oracle)
+        error = relative_error(grads, oracle)
         limit = max(bound["factor"] * backprop, jnp.finfo(dtype).eps)
         assert error <= min(limit, bound["ceiling"]), (method, error, backprop)

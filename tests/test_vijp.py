@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from jaxtyping import Array
 
 import invertible as inv
-from helpers import REGISTRY, assert_close, build, random_like
+from helpers import REGISTRY, assert_close, build, random_like, to_float64
 
 SUBMERSIVE = [e for e in REGISTRY if e.kind in ("invertible", "right-invertible")]
 FRAGMENT = [e for e in REGISTRY if e.kind == "fragment"]
@@ -69,10 +69,7 @@ def test_vijp_of_a_chain_mixes_analytic_and_solved_layers():
     chain = inv.Sequential(
         [inv.AdditiveCoupling(lambda h: mlp(jnp.tile(h, 2))[:2]), dense]
     )
-    chain = jax.tree.map(
-        lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
-        chain,
-    )
+    chain = to_float64(chain)
     x = jr.normal(key3, (4,))
     y, vjp = jax.vjp(chain, x)
     ct_y = jr.normal(jr.key(4), y.shape)
