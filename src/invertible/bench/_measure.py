@@ -9,18 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import grad as G
-from ._report import progress
-
-# The paper's methods (Table 1) plus per-layer checkpointing, in plotting order.
-METHODS = (
-    "backprop",
-    "checkpointed",
-    "reversible",
-    "mixed",
-    "moonwalk",
-    "forward",
-    "projected forward",
-)
+from ._report import METHODS, progress
 
 
 def _fixed_tangent_key(loss):

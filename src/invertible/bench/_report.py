@@ -62,23 +62,20 @@ def write_csv(out: pathlib.Path, name: str, rows: list[dict]) -> pathlib.Path:
     return path
 
 
+# The paper's methods (Table 1) plus per-layer checkpointing, in the order of every
+# table and figure.
+METHODS = (
+    "backprop",
+    "checkpointed",
+    "reversible",
+    "mixed",
+    "moonwalk",
+    "forward",
+    "projected forward",
+)
 # One colour per method in every figure; a variant ("mixed (anchors every 8)")
 # takes its method's colour unless it has its own.
-COLORS = {
-    name: f"C{i}"
-    for i, name in enumerate(
-        (
-            "backprop",
-            "checkpointed",
-            "reversible",
-            "mixed",
-            "moonwalk",
-            "forward",
-            "projected forward",
-            "mixed (no anchors)",
-        )
-    )
-}
+COLORS = {name: f"C{i}" for i, name in enumerate((*METHODS, "mixed (no anchors)"))}
 
 
 def color(label: str) -> str | None:
