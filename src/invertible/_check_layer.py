@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._abstract import AbstractNonSubmersive
+from ._carry import is_invertible, is_submersive, needs_fragment
 from ._checks import check_float, layer_name
-from .layers._sequential import _inverse_jvp, _is_invertible, _is_submersive
 
 # Default (rtol, atol) by the itemsize of the input's dtype. An output passes when
 # max|got - want| <= atol + rtol * max|want|: loose enough for the round-off of a
@@ -43,7 +42,7 @@ def _evaluate(layer: Any, x: Array, key: PRNGKeyArray) -> dict[str, tuple]:
     ct_y = _random_like(k1, y)
     (ct_x,) = vjp(ct_y)
     pairs = {}
-    if isinstance(layer, AbstractNonSubmersive):
+    if needs_fragment(layer):
         fragment = layer.fragment(x, ct_y)
         y_out, ct_y_out = layer.inverse_jvp(x, ct_x, fragment)
         # Linearity of the fragment in ct_y, on a random combination.
@@ -54,13 +53,13 @@ def _evaluate(layer: Any, x: Array, key: PRNGKeyArray) -> dict[str, tuple]:
         )
         pairs["fragment is linear in ct_y"] = (layer.fragment(x, combined), want)
     else:
-        y_out, ct_y_out = _inverse_jvp(layer, x, ct_x)
+        y_out, ct_y_out = layer.inverse_jvp(x, ct_x)
     pairs["inverse_jvp output y == layer(x)"] = (y_out, y)
     pairs["inverse_jvp cotangent ct_y (from ct_x = vjp(ct_y))"] = (ct_y_out, ct_y)
     if _form(ct_y_out) == _form(y):
         (ct_x_again,) = vjp(ct_y_out)
         pairs["vjp(inverse_jvp ct_y) == ct_x"] = (ct_x_again, ct_x)
-    if _is_invertible(layer):
+    if is_invertible(layer):
         pairs["inverse(layer(x)) == x"] = (layer.inverse(y), x)
     return pairs
 
@@ -136,7 +135,7 @@ def check_layer(
     property fails; `TypeError` if `layer` has no `inverse_jvp` to check.
     """
     name = layer_name(layer)
-    if not (_is_submersive(layer) or isinstance(layer, AbstractNonSubmersive)):
+    if not (is_submersive(layer) or needs_fragment(layer)):
         raise TypeError(
             f"check_layer: {name} is neither an `invertible.AbstractSubmersive` nor "
             "an `invertible.AbstractNonSubmersive` layer (nor a submersive chain), so "

@@ -11,7 +11,8 @@ from jaxtyping import Array
 
 
 def layer_name(layer: object) -> str:
-    return type(layer).__name__
+    """The class name of `layer` (or `layer` itself, if it is already a name)."""
+    return layer if isinstance(layer, str) else type(layer).__name__
 
 
 def check_float(layer: object, x: Array, what: str = "input") -> None:
@@ -63,3 +64,15 @@ def check_same_shape(layer: object, a: Array, b: Array, a_name: str, b_name: str
             f"{layer_name(layer)}: `{b_name}` must have the shape of `{a_name}` "
             f"{a.shape}, got {b.shape}."
         )
+
+
+def positive_int(owner: str, name: str, value, *, optional: bool = False):
+    """`value` if it is a positive int (not a bool), else a `ValueError` naming
+    `owner` (a class or function name) and the argument. With `optional`, `None`
+    passes too."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive int" + (" or None" if optional else "")
+        raise ValueError(f"{owner}: `{name}` must be {allowed}, got {value!r}.")
+    return value

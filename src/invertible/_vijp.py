@@ -16,14 +16,9 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._abstract import AbstractInvertible, AbstractNonSubmersive, AbstractSubmersive
+from ._abstract import AbstractInvertible, AbstractSubmersive
+from ._carry import is_chain, is_submersive, needs_fragment
 from ._checks import layer_name
-from .layers._sequential import (
-    ScannedSequential,
-    Sequential,
-    _inverse_jvp,
-    _is_submersive,
-)
 
 
 def default_solver(dtype: Any, *, square: bool) -> lx.AbstractLinearSolver:
@@ -128,16 +123,6 @@ def solve_vijp(
     return y, unravel_y(solution.value * scale)
 
 
-def _needs_fragments(f: Any) -> bool:
-    if isinstance(f, AbstractNonSubmersive):
-        return True
-    if isinstance(f, Sequential):
-        return any(_needs_fragments(layer) for layer in f.layers)
-    if isinstance(f, ScannedSequential):
-        return _needs_fragments(f.layers)
-    return False
-
-
 def vijp(
     f: Callable[[Array], Array],
     x: Float[Array, "..."],
@@ -167,26 +152,28 @@ def vijp(
 
     `(y, ct_y)` with `y == f(x)`.
     """
-    if _needs_fragments(f):
+    if needs_fragment(f):
         raise ValueError(
             f"vijp: {layer_name(f)} is not submersive: its vjp loses part of the "
             "output cotangent, so the vijp needs the fragment. Call "
             "`inverse_jvp(x, ct_x, fragment)` with `fragment = layer.fragment(x, "
             "ct_y)`, or use `invertible.grad.mixed_grad`, which records fragments."
         )
-    if _is_submersive(f):
-        return _inverse_jvp(f, x, ct_x)
-    if isinstance(f, Sequential) and f.rule is None:
-        for layer in f.layers:
-            x, ct_x = vijp(layer, x, ct_x, solver=solver)
-        return x, ct_x
+    if is_submersive(f):
+        return f.inverse_jvp(x, ct_x)
+    if is_chain(f):
+        # Plain callables too: layer by layer, analytic where possible.
+        def step(state, layer, index):
+            return vijp(layer, *state, solver=solver)
+
+        return f.layout.scan(step, (x, ct_x))
     return solve_vijp(f, x, ct_x, solver=solver)
 
 
 def _require_callable(wrapper: str, module: Any) -> None:
     if not callable(module):
         raise TypeError(f"{wrapper}: {layer_name(module)} is not callable.")
-    if _needs_fragments(module):
+    if needs_fragment(module):
         raise TypeError(
             f"{wrapper}: {layer_name(module)} is not submersive; its vijp needs a "
             "fragment, which no solve can supply."
@@ -237,11 +224,17 @@ class SolvedInverseJVP(AbstractInvertible):
     ) -> Float[Array, "..."]:
         return self.module(x)
 
-    def inverse(self, y: Float[Array, "..."]) -> Float[Array, "..."]:
+    def inverse(
+        self, y: Float[Array, "..."], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
         return self.module.inverse(y)  # pyright: ignore
 
     def inverse_jvp(
-        self, x: Float[Array, "..."], ct_x: Float[Array, "..."]
+        self,
+        x: Float[Array, "..."],
+        ct_x: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
         return solve_vijp(self.module, x, ct_x, solver=self.solver)
 
@@ -281,6 +274,10 @@ class SolvedRightInverseJVP(AbstractSubmersive):
         return self.module(x)
 
     def inverse_jvp(
-        self, x: Float[Array, "..."], ct_x: Float[Array, "..."]
+        self,
+        x: Float[Array, "..."],
+        ct_x: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
         return solve_vijp(self.module, x, ct_x, solver=self.solver)

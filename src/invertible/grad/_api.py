@@ -3,18 +3,61 @@
 import functools as ft
 from collections.abc import Callable
 
-from ._checkpointed import checkpointed_rule
-from ._mixed import mixed_rule
-from ._moonwalk import moonwalk_rule
-from ._reversible import reversible_rule
-from ._transform import chain_transform, sentinel
+from .._method import AbstractMethod
+from ._checkpointed import Checkpointed
+from ._mixed import Mixed
+from ._moonwalk import Moonwalk
+from ._reversible import Reversible
+from ._transform import method_transform, sentinel
 
-_CONVENTION = """
-    Same calling convention as `eqx.filter_grad`: use it as `{name}(fun, ...)`, as a
-    decorator with or without keyword arguments, or on a method. Gradients are taken
-    with respect to the floating-point arrays of the first positional argument;
-    other leaves get `None`.
-"""
+
+def _transform(public: Callable, fun, by: AbstractMethod, *, value: bool, **config):
+    """`public(fun, **config)`, differentiating chains `by` a method; the decorator
+    form when `fun` is left out."""
+    if fun is sentinel:
+        return ft.partial(public, **config)
+    has_aux = config.pop("has_aux")
+    return method_transform(fun, by, has_aux=has_aux, value=value, name=public.__name__)
+
+
+def filter_grad(
+    fun: Callable = sentinel, *, method: AbstractMethod, has_aux: bool = False
+):
+    """`eqx.filter_grad`, with every chain differentiated by `method`.
+
+    Every `invertible.Sequential` and `invertible.ScannedSequential` reached from
+    the first argument, built inside `fun`, or passed in another argument, and
+    every invertible layer called outside a chain, is differentiated by `method`
+    (chains marked with a method of their own keep it). Everything else (a stem, a
+    head, the loss) is differentiated by ordinary reverse mode, so the gradients
+    are `eqx.filter_grad`'s. Use it as `filter_grad(fun, method=...)`, or as a
+    decorator with keyword arguments; it works on methods too.
+
+    **Arguments:**
+
+    - `fun`: a scalar function whose first argument is the model. Gradients are
+      taken with respect to the floating-point arrays of the first positional
+      argument; other leaves get `None`.
+    - `method`: e.g. `invertible.grad.Mixed(anchor_every=16)`.
+    - `has_aux`: whether `fun` returns `(value, aux)`.
+
+    **Returns:**
+
+    A function with the signature of `fun` returning the gradients (and `aux`).
+    """
+    return _transform(
+        filter_grad, fun, method, value=False, method=method, has_aux=has_aux
+    )
+
+
+def filter_value_and_grad(
+    fun: Callable = sentinel, *, method: AbstractMethod, has_aux: bool = False
+):
+    """As [`invertible.grad.filter_grad`][], returning `(value, grads)` like
+    `eqx.filter_value_and_grad`."""
+    return _transform(
+        filter_value_and_grad, fun, method, value=True, method=method, has_aux=has_aux
+    )
 
 
 def mixed_grad(
@@ -22,23 +65,19 @@ def mixed_grad(
 ):
     """Exact gradients by Mixed mode: drop-in for `eqx.filter_grad`.
 
-    Every `invertible.Sequential` and `invertible.ScannedSequential` reached from the
-    first argument is differentiated in two phases. Phase 1 runs with the forward
-    pass and keeps only what the *input* path of the reverse pass needs (e.g. ReLU
-    masks, never layer inputs) to get the chain's input cotangent `h_0`; it also
-    records fragments of non-submersive layers and *anchors*. Phase 2 sweeps
-    forwards with each layer's `inverse_jvp`, taking parameter gradients on the way
-    with only the current activation alive. Everything outside the chains (a stem,
-    a head, the loss) is differentiated by ordinary reverse mode.
+    Every chain (see [`invertible.grad.filter_grad`][]) is differentiated in two
+    phases. Phase 1 runs with the forward pass and keeps only what the *input*
+    path of the reverse pass needs (e.g. ReLU masks, never layer inputs) to get the
+    chain's input cotangent `h_0`; it also records fragments of non-submersive
+    layers and *anchors*. Phase 2 sweeps forwards with each layer's `inverse_jvp`,
+    taking parameter gradients on the way with only the current activation alive.
+    Everything outside the chains is differentiated by ordinary reverse mode.
 
     **Arguments:**
 
     - `fun`: a scalar function whose first argument is the model.
     - `has_aux`: whether `fun` returns `(value, aux)`.
-    - `anchor_every`: record the exact cotangent every this many layers and reset
-      the sweep to it. The vijp recursion multiplies round-off by inverse
-      Jacobians; anchors bound that growth at the cost of one cotangent per
-      `anchor_every` layers. `None` turns anchors off.
+    - `anchor_every`: see [`invertible.grad.Mixed`][].
 
     **Returns:**
 
@@ -61,10 +100,10 @@ def mixed_grad(
     Chains compute in their input's dtype, float16 and bfloat16 included, with
     about the accuracy of backprop in that dtype.
     """
-    if fun is sentinel:
-        return ft.partial(mixed_grad, has_aux=has_aux, anchor_every=anchor_every)
-    rule = mixed_rule(anchor_every)
-    return chain_transform(fun, rule, has_aux=has_aux, value=False, name="mixed_grad")
+    method = Mixed(anchor_every=anchor_every)
+    return _transform(
+        mixed_grad, fun, method, value=False, has_aux=has_aux, anchor_every=anchor_every
+    )
 
 
 def mixed_value_and_grad(
@@ -72,13 +111,14 @@ def mixed_value_and_grad(
 ):
     """As [`invertible.grad.mixed_grad`][], returning `(value, grads)` like
     `eqx.filter_value_and_grad`."""
-    if fun is sentinel:
-        return ft.partial(
-            mixed_value_and_grad, has_aux=has_aux, anchor_every=anchor_every
-        )
-    rule = mixed_rule(anchor_every)
-    return chain_transform(
-        fun, rule, has_aux=has_aux, value=True, name="mixed_value_and_grad"
+    method = Mixed(anchor_every=anchor_every)
+    return _transform(
+        mixed_value_and_grad,
+        fun,
+        method,
+        value=True,
+        has_aux=has_aux,
+        anchor_every=anchor_every,
     )
 
 
@@ -97,7 +137,7 @@ def moonwalk_grad(
 
     - `fun`: a scalar function whose first argument is the model.
     - `has_aux`: whether `fun` returns `(value, aux)`.
-    - `chunk_size`: how many JVPs run at once (`None`: all); trades memory for time.
+    - `chunk_size`: see [`invertible.grad.Moonwalk`][].
 
     **Returns:**
 
@@ -110,11 +150,9 @@ def moonwalk_grad(
     non-submersive layer (use `mixed_grad`), `TypeError` if it holds a layer that
     is not an `invertible.AbstractSubmersive`; otherwise as `mixed_grad`.
     """
-    if fun is sentinel:
-        return ft.partial(moonwalk_grad, has_aux=has_aux, chunk_size=chunk_size)
-    rule = moonwalk_rule(chunk_size)
-    return chain_transform(
-        fun, rule, has_aux=has_aux, value=False, name="moonwalk_grad"
+    method = Moonwalk(chunk_size=chunk_size)
+    return _transform(
+        moonwalk_grad, fun, method, value=False, has_aux=has_aux, chunk_size=chunk_size
     )
 
 
@@ -122,41 +160,48 @@ def moonwalk_value_and_grad(
     fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 16
 ):
     """As [`invertible.grad.moonwalk_grad`][], returning `(value, grads)`."""
-    if fun is sentinel:
-        return ft.partial(
-            moonwalk_value_and_grad, has_aux=has_aux, chunk_size=chunk_size
-        )
-    rule = moonwalk_rule(chunk_size)
-    return chain_transform(
-        fun, rule, has_aux=has_aux, value=True, name="moonwalk_value_and_grad"
+    method = Moonwalk(chunk_size=chunk_size)
+    return _transform(
+        moonwalk_value_and_grad,
+        fun,
+        method,
+        value=True,
+        has_aux=has_aux,
+        chunk_size=chunk_size,
     )
 
 
-def checkpointed_grad(fun: Callable = sentinel, *, has_aux: bool = False):
-    """Backprop with per-layer gradient checkpointing (`jax.checkpoint`) on chains.
+def checkpointed_grad(
+    fun: Callable = sentinel,
+    *,
+    has_aux: bool = False,
+    segment_length: int | None = None,
+):
+    """Backprop with gradient checkpointing (`jax.checkpoint`) on chains.
 
-    Keeps each layer's input and recomputes the layer during the reverse pass. A
-    comparison method; the layers of a chain may be any callables.
+    A comparison method; the layers of a chain may be any callables. See
+    [`invertible.grad.Checkpointed`][].
 
     **Arguments:**
 
     - `fun`: a scalar function whose first argument is the model.
     - `has_aux`: whether `fun` returns `(value, aux)`.
+    - `segment_length`: `None` keeps every layer's input and recomputes each layer
+      in the reverse pass; `k` keeps every `k`-th input and recomputes `k` layers
+      at a time (√L checkpointing with `k ≈ √L`).
 
     **Returns:**
 
     A function with the signature of `fun` returning the gradients (and `aux`).
     """
-    if fun is sentinel:
-        return ft.partial(checkpointed_grad, has_aux=has_aux)
-    rule = checkpointed_rule()
-    return chain_transform(
+    method = Checkpointed(segment_length=segment_length)
+    return _transform(
+        checkpointed_grad,
         fun,
-        rule,
-        has_aux=has_aux,
+        method,
         value=False,
-        name="checkpointed_grad",
-        custom_vjp=False,
+        has_aux=has_aux,
+        segment_length=segment_length,
     )
 
 
@@ -183,13 +228,4 @@ def reversible_grad(fun: Callable = sentinel, *, has_aux: bool = False):
     `inverse` (is not an `invertible.AbstractInvertible`); otherwise as
     [`invertible.grad.mixed_grad`][].
     """
-    if fun is sentinel:
-        return ft.partial(reversible_grad, has_aux=has_aux)
-    rule = reversible_rule()
-    return chain_transform(
-        fun, rule, has_aux=has_aux, value=False, name="reversible_grad"
-    )
-
-
-for _f in (checkpointed_grad, reversible_grad):
-    _f.__doc__ += _CONVENTION.format(name=_f.__name__)
+    return _transform(reversible_grad, fun, Reversible(), value=False, has_aux=has_aux)

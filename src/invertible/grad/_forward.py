@@ -10,41 +10,28 @@ import jax.random as jr
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray
 
-from ._chain import mark_chains, with_rule
-from ._transform import check_loss, checked_rule, sentinel
-
-
-def _plain(chain, x):
-    return with_rule(chain, None)(x)
+from .._checks import positive_int
+from .._method import Usage, default_method
+from ._checkpointed import Backprop
+from ._transform import check_loss, sentinel
 
 
 def _flat_loss(fun, model, args, kwargs, has_aux, method):
     """The loss as a function of one flat vector of the model's inexact arrays.
 
-    Chains run plainly (forward mode needs no rule), after the same trace-time
-    checks as under the other transforms."""
-    rule = checked_rule(_plain, method)
+    Chains run plainly (forward mode needs no custom rule), after the trace-time
+    checks of a chain's input."""
     diff, static = eqx.partition(model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(diff)
 
     def loss(flat):
-        model = mark_chains(eqx.combine(unravel(flat), static), rule)
-        out = fun(model, *args, **kwargs)
+        with default_method(Backprop(), Usage(name=method)):
+            out = fun(eqx.combine(unravel(flat), static), *args, **kwargs)
         check_loss(method, out, has_aux)
         value, aux = out if has_aux else (out, None)
         return jnp.asarray(value), aux
 
     return loss, flat, unravel
-
-
-def _check_count(method: str, name: str, value, *, optional: bool) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{method}: `{name}` must be a positive int{' or None' * optional}, got "
-            f"{value!r}."
-        )
 
 
 def forward_grad(
@@ -58,7 +45,7 @@ def forward_grad(
     """
     if fun is sentinel:
         return ft.partial(forward_grad, has_aux=has_aux, chunk_size=chunk_size)
-    _check_count("forward_grad", "chunk_size", chunk_size, optional=True)
+    positive_int("forward_grad", "chunk_size", chunk_size, optional=True)
 
     @ft.wraps(fun)
     def grad(model, /, *args, **kwargs):
@@ -96,7 +83,7 @@ def projected_forward_grad(
         return ft.partial(
             projected_forward_grad, has_aux=has_aux, num_tangents=num_tangents
         )
-    _check_count("projected_forward_grad", "num_tangents", num_tangents, optional=False)
+    positive_int("projected_forward_grad", "num_tangents", num_tangents)
 
     @ft.wraps(fun)
     def grad(model, /, *args, tangent_key: PRNGKeyArray | None = None, **kwargs):

@@ -3,57 +3,23 @@
 Phase 1 shares the primal forward pass: the chain is linearised with respect to its
 input alone (parameters held constant), so reverse mode keeps only what the
 *input* path needs (a ReLU mask, never a layer input). Identity taps record the
-anchors and fragments during that reverse pass. Phase 2 is the forward sweep.
+anchors (at every segment start) and the fragments during that reverse pass.
+Phase 2 is the forward sweep.
 """
 
-from typing import Any
+import dataclasses
+from typing import ClassVar
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-from jaxtyping import Array
 
-from .._abstract import AbstractNonSubmersive
-from ..layers._sequential import Sequential
-from ._batching import batch_aware
-from ._chain import (
-    Chain,
-    check_chain_input,
-    example_layers,
-    fenced,
-    identity,
-    keep_perturbed,
-    require_known,
-    split_stack,
-    stacked_layer,
-    tap,
-    zeros_of,
-)
-from ._segments import segment_starts, split_segments
-from ._sweep import sweep_layers, sweep_stack
-
-
-def mixed_rule(anchor_every: int | None):
-    """The chain rule used by `mixed_grad`."""
-    if anchor_every is not None and (
-        not isinstance(anchor_every, int) or anchor_every < 1
-    ):
-        raise ValueError(
-            f"mixed_grad: `anchor_every` must be a positive int or None, got "
-            f"{anchor_every!r}."
-        )
-
-    def rule(chain: Chain, x: Array) -> Array:
-        require_known(example_layers(chain), "mixed_grad")
-        check_chain_input(chain, x)
-        if isinstance(chain, Sequential):
-            apply = lambda layers, x, _: _mixed_layers((layers, x), anchor_every)
-        else:
-            length = chain.length
-            apply = lambda stack, x, _: _mixed_stack((stack, x), anchor_every, length)
-        return batch_aware(apply)(chain.layers, x)
-
-    return rule
+from .._carry import Carry, forward, fragment, is_known, needs_fragment, replace
+from .._checks import positive_int
+from .._layout import AbstractLayout
+from ._rule import AbstractRuleMethod, Cotangents
+from ._sweep import sweep
+from ._taps import identity, tap
+from ._validate import require_known
 
 
 def _saveable(primitive, *_, **__) -> bool:
@@ -63,156 +29,78 @@ def _saveable(primitive, *_, **__) -> bool:
     return primitive is not jax.lax.broadcast_in_dim_p
 
 
-def linearize_input_path(forward, *args):
-    """`jax.vjp` of the chain with the parameters held constant (closed over), so
-    reverse mode keeps only what the input path needs."""
-    return jax.vjp(jax.checkpoint(forward, policy=_saveable), *args)
+def _fragment_shape(layer, carry: Carry):
+    if not needs_fragment(layer):
+        return None
+    y = forward(layer, carry, 0).x
+    return fragment(layer, carry, y, index=0)
 
 
-# ---------------------------------------------------------------- tuple of layers
+@dataclasses.dataclass(frozen=True)
+class Mixed(AbstractRuleMethod):
+    """Mixed mode (the method of `invertible.grad.mixed_grad`).
+
+    **Arguments:**
+
+    - `anchor_every`: record the exact cotangent every this many layers and reset
+      the sweep to it. The vijp recursion multiplies round-off by inverse
+      Jacobians; anchors bound that growth at the cost of one cotangent per
+      `anchor_every` layers. `None` turns anchors off.
+    """
+
+    anchor_every: int | None = 8
+    transform: ClassVar[str] = "mixed_grad"
+
+    def __post_init__(self):
+        positive_int("Mixed", "anchor_every", self.anchor_every, optional=True)
+
+    def handles(self, layer) -> bool:
+        return is_known(layer)
+
+    def check(self, layout, carry, name):
+        super().check(layout, carry, name)
+        require_known(layout, name)
+
+    def _segments(self, layout: AbstractLayout):
+        return layout.segments(self.anchor_every or len(layout))
+
+    def forward(self, layout, carry):
+        segments = self._segments(layout)
+        anchors = segments.zeros(lambda c: c.x, carry)
+        fragments = layout.zeros(_fragment_shape, carry)
+
+        def phase1(x, log_det, anchors, fragments):
+            def layer_step(c, layer, index):
+                def apply(c):
+                    out = forward(layer, c, index)
+                    return out.x, out.log_det, out.state
+
+                x, log_det, state = layout.isolate(apply, c)
+                if needs_fragment(layer):
+                    frozen = replace(c, x=jax.lax.stop_gradient(c.x))
+                    capture = eqx.Partial(_capture_fragment, layer, frozen, index)
+                    x = tap((x, layout.read(fragments, index)), capture)
+                return replace(c, x=x, log_det=log_det, state=state)
+
+            def segment_step(c, segment, j):
+                c = replace(c, x=tap((c.x, segments.read(anchors, j)), identity))
+                return segment.scan(layer_step, c)
+
+            out = segments.scan(segment_step, replace(carry, x=x, log_det=log_det))
+            return (out.x, out.log_det), out.state
+
+        linearised = jax.checkpoint(phase1, policy=_saveable)
+        (y, log_det), pullback, state = jax.vjp(
+            linearised, carry.x, carry.log_det, anchors, fragments, has_aux=True
+        )
+        return replace(carry, x=y, log_det=log_det, state=state), pullback
+
+    def backward(self, pullback, ct, layout, carry):
+        h0, ct_log_det, anchors, fragments = pullback(ct)
+        segments = self._segments(layout)
+        grads, ct_condition = sweep(layout, segments, carry, anchors, ct[1], fragments)
+        return Cotangents(grads, h0, ct_log_det, ct_condition)
 
 
-def _phase1_layers(layers, starts):
-    """The chain as a function of its input and of zero 'tap' inputs whose
-    cotangents are the anchors (at `starts[1:]`) and the fragments."""
-
-    def forward(x, anchor_taps, fragment_taps):
-        anchor_taps, fragment_taps = iter(anchor_taps), iter(fragment_taps)
-        for i, layer in enumerate(layers):
-            if i in starts[1:]:
-                x = tap((x, next(anchor_taps)), identity)
-            y = fenced(layer, x)
-            if isinstance(layer, AbstractNonSubmersive):
-                y = tap(
-                    (y, next(fragment_taps)),
-                    eqx.Partial(layer.fragment, jax.lax.stop_gradient(x)),
-                )
-            x = y
-        return x
-
-    def tap_shapes(x):
-        anchors, fragments = [], []
-        for i, layer in enumerate(layers):
-            if i in starts[1:]:
-                anchors.append(x)
-            y = layer(x)
-            if isinstance(layer, AbstractNonSubmersive):
-                fragments.append(layer.fragment(x, y))
-            x = y
-        return anchors, fragments
-
-    return forward, tap_shapes
-
-
-@eqx.filter_custom_vjp
-def _mixed_layers(vjp_arg, anchor_every):
-    layers, x = vjp_arg
-    for layer in layers:
-        x = layer(x)
-    return x
-
-
-@_mixed_layers.def_fwd
-def _mixed_layers_fwd(perturbed, vjp_arg, anchor_every):
-    del perturbed
-    layers, x0 = vjp_arg
-    forward, tap_shapes = _phase1_layers(
-        layers, segment_starts(len(layers), anchor_every)
-    )
-    taps = zeros_of(jax.eval_shape(tap_shapes, x0))
-    y, pullback = linearize_input_path(forward, x0, *taps)
-    return y, pullback
-
-
-@_mixed_layers.def_bwd
-def _mixed_layers_bwd(pullback, ct_y, perturbed, vjp_arg, anchor_every):
-    layers, x0 = vjp_arg
-    h0, anchors, fragments = pullback(ct_y)
-    starts = segment_starts(len(layers), anchor_every)
-    grads = sweep_layers(layers, starts, x0, h0, anchors, fragments)
-    return keep_perturbed((grads, h0), perturbed)
-
-
-# ---------------------------------------------------------------- stacked layers
-
-
-def _phase1_stack(stack: Any, head, tail):
-    nonsubmersive = isinstance(stack, AbstractNonSubmersive)
-
-    def run_layers(x, params, fragment_taps):
-        def step(x, item):
-            p, fragment_tap = item
-            layer = stacked_layer(stack, p)
-            y = layer(x)
-            if nonsubmersive:
-                y = tap(
-                    (y, fragment_tap),
-                    eqx.Partial(layer.fragment, jax.lax.stop_gradient(x)),
-                )
-            return y, None
-
-        return jax.lax.scan(step, x, (params, fragment_taps))[0]
-
-    def forward(x, anchor_taps, fragment_taps):
-        def segment(x, item):
-            p, anchor_tap, fragment_tap = item
-            return run_layers(tap((x, anchor_tap), identity), p, fragment_tap), None
-
-        x = jax.lax.scan(segment, x, (head, anchor_taps[0], fragment_taps[0]))[0]
-        if tail is not None:
-            x = run_layers(tap((x, anchor_taps[1]), identity), tail, fragment_taps[1])
-        return x
-
-    return forward
-
-
-def _stack_taps(stack, head, tail, x0):
-    """Zeros shaped like the anchors (one per segment) and the fragments (one per
-    layer, for a non-submersive stack) of a segmented stack."""
-    n_segments, segment_length = jax.tree.leaves(head)[0].shape[:2]
-    anchors = (
-        jnp.zeros((n_segments, *x0.shape), x0.dtype),
-        None if tail is None else jnp.zeros_like(x0),
-    )
-    if not isinstance(stack, AbstractNonSubmersive):
-        return anchors, (None, None)
-    first = stacked_layer(stack, jax.tree.map(lambda a: a[0, 0], head))
-    fragment = jax.eval_shape(lambda x: first.fragment(x, first(x)), x0)
-
-    def per_layer(*lead):
-        return jax.tree.map(lambda s: jnp.zeros((*lead, *s.shape), s.dtype), fragment)
-
-    n_tail = None if tail is None else jax.tree.leaves(tail)[0].shape[0]
-    return anchors, (
-        per_layer(n_segments, segment_length),
-        None if tail is None else per_layer(n_tail),
-    )
-
-
-@eqx.filter_custom_vjp
-def _mixed_stack(vjp_arg, anchor_every, length):
-    stack, x = vjp_arg
-
-    def step(x, params):
-        return stacked_layer(stack, params)(x), None
-
-    return jax.lax.scan(step, x, split_stack(stack))[0]
-
-
-@_mixed_stack.def_fwd
-def _mixed_stack_fwd(perturbed, vjp_arg, anchor_every, length):
-    del perturbed
-    stack, x0 = vjp_arg
-    head, tail = split_segments(split_stack(stack), length, anchor_every)
-    forward = _phase1_stack(stack, head, tail)
-    anchors, fragments = _stack_taps(stack, head, tail, x0)
-    return linearize_input_path(forward, x0, anchors, fragments)
-
-
-@_mixed_stack.def_bwd
-def _mixed_stack_bwd(pullback, ct_y, perturbed, vjp_arg, anchor_every, length):
-    stack, x0 = vjp_arg
-    h0, anchors, fragments = pullback(ct_y)
-    head, tail = split_segments(split_stack(stack), length, anchor_every)
-    grads = sweep_stack(stack, head, tail, x0, anchors, fragments)
-    return keep_perturbed((grads, h0), perturbed)
+def _capture_fragment(layer, carry: Carry, index, ct_y):
+    return fragment(layer, carry, ct_y, index=index)

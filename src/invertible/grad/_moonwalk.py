@@ -1,123 +1,102 @@
 """Pure Moonwalk: `h_0` by forward mode, then the forward sweep."""
 
-import functools as ft
+import dataclasses
 import math
+from typing import ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 
-from ..layers._sequential import Sequential
-from ._batching import batch_aware
-from ._chain import (
-    Chain,
-    barrier,
-    check_chain_input,
-    example_layers,
-    fenced,
-    keep_perturbed,
-    require_submersive,
-    split_stack,
-    stacked_layer,
-)
-from ._segments import split_segments
-from ._sweep import sweep_layers, sweep_stack
+from .._carry import Carry, forward, is_submersive, replace
+from .._checks import positive_int
+from .._layout import AbstractLayout
+from ._rule import AbstractRuleMethod, Cotangents
+from ._sweep import sweep
+from ._taps import barrier
+from ._validate import require_submersive
 
 
-def moonwalk_rule(chunk_size: int | None):
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(
-            f"moonwalk_grad: `chunk_size` must be a positive int or None, got "
-            f"{chunk_size!r}."
-        )
+@dataclasses.dataclass(frozen=True)
+class Moonwalk(AbstractRuleMethod):
+    """Pure Moonwalk (the method of `invertible.grad.moonwalk_grad`).
 
-    def rule(chain: Chain, x: Array) -> Array:
-        require_submersive(example_layers(chain), "moonwalk_grad")
-        check_chain_input(chain, x)
-        length = None if isinstance(chain, Sequential) else chain.length
+    **Arguments:**
 
-        def apply(layers, x, is_batch):
-            return _moonwalk((layers, x), chunk_size, length, is_batch)
-
-        return batch_aware(apply)(chain.layers, x)
-
-    return rule
-
-
-def _apply(layers, length, x):
-    if length is None:
-        for layer in layers:
-            x = layer(x)
-        return x
-
-    def step(x, params):
-        return stacked_layer(layers, params)(x), None
-
-    return jax.lax.scan(step, x, split_stack(layers))[0]
-
-
-def _jvp(layers, length, x, tangent):
-    """The chain's JVP. A Python-loop chain is fenced layer by layer: otherwise XLA
-    runs the whole primal chain before the tangent chain and keeps every layer's
-    residuals in between (measured)."""
-    if length is not None:
-        return jax.jvp(lambda x: _apply(layers, length, x), (x,), (tangent,))[1]
-    for layer in layers:
-        x, tangent = fenced(ft.partial(jax.jvp, layer), (x,), (tangent,))
-    return tangent
-
-
-def input_cotangent_by_jvps(
-    jvp, x0: Array, ct_y: Array, chunk_size: int | None, is_batch: bool
-):
-    """`ct_y · ∂f/∂x0` given `jvp(x, t) = ∂f/∂x t`, one JVP per element of an
-    example: forward mode only.
-
-    With `is_batch`, axis 0 of `x0` indexes independent examples: each JVP moves
-    the same element of every example at once.
+    - `chunk_size`: how many JVPs (one per input element of an example) run at once
+      (`None`: all); trades memory for time.
     """
-    example_shape = x0.shape[1:] if is_batch else x0.shape
+
+    chunk_size: int | None = 16
+    transform: ClassVar[str] = "moonwalk_grad"
+
+    def __post_init__(self):
+        positive_int("Moonwalk", "chunk_size", self.chunk_size, optional=True)
+
+    def handles(self, layer) -> bool:
+        return is_submersive(layer)
+
+    def check(self, layout, carry, name):
+        super().check(layout, carry, name)
+        require_submersive(layout, name)
+
+    def forward(self, layout, carry):
+        return layout.apply(carry), None  # nothing stored but the inputs
+
+    def backward(self, residuals, ct, layout, carry):
+        del residuals
+        h0 = input_cotangent_by_jvps(layout, carry, ct, self.chunk_size)
+        segments = layout.segments(len(layout))
+        anchors = segments.write(segments.zeros(lambda c: c.x, carry), 0, h0)
+        grads, ct_condition = sweep(layout, segments, carry, anchors, ct[1], None)
+        return Cotangents(grads, h0, ct[1], ct_condition)
+
+
+def _jvp(layout: AbstractLayout, carry: Carry, tangent):
+    """The chain's JVP, `(t_x, t_log_det)` at the output. Each layer is isolated:
+    otherwise XLA runs the whole primal chain of straight-line code before the
+    tangent chain and keeps every layer's residuals in between (measured)."""
+
+    def step(state, layer, index):
+        c, t = state
+
+        def one(x, log_det, t):
+            def primal(x, log_det):
+                out = forward(layer, replace(c, x=x, log_det=log_det), index)
+                return out.x, out.log_det
+
+            return jax.jvp(primal, (x, log_det), t)
+
+        (x, log_det), t = layout.isolate(one, c.x, c.log_det, t)
+        return replace(c, x=x, log_det=log_det), t
+
+    return layout.scan(step, (carry, tangent))[1]
+
+
+def input_cotangent_by_jvps(layout, carry: Carry, ct, chunk_size):
+    """`ct · ∂(x, log_det)/∂x_0` by forward mode only, one JVP per element of an
+    example. On the batch route (`carry.batch`), axis 0 indexes examples: each JVP
+    moves the same element of every example at once."""
+    x0 = carry.x
+    batched = carry.batch is not None
+    example_shape = x0.shape[1:] if batched else x0.shape
     size = math.prod(example_shape)
+    ct_x, ct_log_det = ct
+    zero_log_det = None if carry.log_det is None else jnp.zeros_like(carry.log_det)
 
     def along_basis(index):
         # Tie the primal to the loop index: otherwise XLA hoists the (loop-invariant)
         # primal pass out of the map and keeps every layer's residuals for it.
         x0_here, index = barrier((x0, index))
         basis = jnp.zeros(size, x0.dtype).at[index].set(1).reshape(example_shape)
-        tangent = jnp.broadcast_to(basis, x0.shape)
-        moved = jvp(x0_here, tangent) * ct_y
-        return (
-            jnp.sum(moved.reshape(moved.shape[0], -1), 1) if is_batch else moved.sum()
+        tangent = (jnp.broadcast_to(basis, x0.shape), zero_log_det)
+        t_x, t_log_det = _jvp(layout, replace(carry, x=x0_here), tangent)
+        moved = t_x * ct_x
+        moved = (
+            jnp.sum(moved.reshape(moved.shape[0], -1), 1) if batched else moved.sum()
         )
+        if t_log_det is not None:
+            moved = moved + t_log_det * ct_log_det
+        return moved
 
     columns = jax.lax.map(along_basis, jnp.arange(size), batch_size=chunk_size)
-    return (columns.T if is_batch else columns).reshape(x0.shape)
-
-
-@eqx.filter_custom_vjp
-def _moonwalk(vjp_arg, chunk_size, length, is_batch):
-    layers, x = vjp_arg
-    return _apply(layers, length, x)
-
-
-@_moonwalk.def_fwd
-def _moonwalk_fwd(perturbed, vjp_arg, chunk_size, length, is_batch):
-    del perturbed
-    layers, x = vjp_arg
-    return _apply(layers, length, x), None  # nothing stored but the inputs
-
-
-@_moonwalk.def_bwd
-def _moonwalk_bwd(residuals, ct_y, perturbed, vjp_arg, chunk_size, length, is_batch):
-    del residuals
-    layers, x0 = vjp_arg
-    h0 = input_cotangent_by_jvps(
-        ft.partial(_jvp, layers, length), x0, ct_y, chunk_size, is_batch
-    )
-    if length is None:
-        grads = sweep_layers(layers, (0,), x0, h0, (), ())
-    else:
-        head, tail = split_segments(split_stack(layers), length, None)
-        grads = sweep_stack(layers, head, tail, x0, (h0[None], None), (None, None))
-    return keep_perturbed((grads, h0), perturbed)
+    return (columns.T if batched else columns).reshape(x0.shape)

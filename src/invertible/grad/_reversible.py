@@ -1,70 +1,61 @@
 """Reversible backprop: rebuild each layer's input from its output with `inverse`."""
 
-import equinox as eqx
+import dataclasses
+from typing import ClassVar
+
 import jax
-from jaxtyping import Array
+import jax.numpy as jnp
 
-from ..layers._sequential import Sequential
-from ._batching import batch_aware
-from ._chain import (
-    Chain,
-    barrier,
-    check_chain_input,
-    example_layers,
-    keep_perturbed,
-    require_invertible,
-    split_stack,
-    stacked_layer,
-)
-from ._moonwalk import _apply
+from .._carry import inverse, is_invertible, replace, vjp_and_grads
+from ._rule import AbstractRuleMethod, Cotangents
+from ._sweep import parameter_zeros
+from ._taps import barrier
+from ._validate import require_invertible
 
 
-def reversible_rule():
-    def rule(chain: Chain, x: Array) -> Array:
-        require_invertible(example_layers(chain), "reversible_grad")
-        check_chain_input(chain, x)
-        length = None if isinstance(chain, Sequential) else chain.length
-        apply = lambda layers, x, _: _reversible((layers, x), length)
-        return batch_aware(apply)(chain.layers, x)
+@dataclasses.dataclass(frozen=True)
+class Reversible(AbstractRuleMethod):
+    """Reversible backprop, RevBackprop (the method of
+    `invertible.grad.reversible_grad`): keeps only the chain's output."""
 
-    return rule
+    transform: ClassVar[str] = "reversible_grad"
 
+    def handles(self, layer) -> bool:
+        return is_invertible(layer)
 
-def _backward_step(layer, y, ct_y):
-    x = layer.inverse(y)
-    _, vjp = eqx.filter_vjp(lambda layer, x: layer(x), layer, x)
-    grads, ct_x = vjp(ct_y)
-    return barrier((x, ct_x, grads))
+    def check(self, layout, carry, name):
+        super().check(layout, carry, name)
+        require_invertible(layout, name)
 
+    def forward(self, layout, carry):
+        out = layout.apply(carry)
+        return out, out.x  # only the output is kept
 
-@eqx.filter_custom_vjp
-def _reversible(vjp_arg, length):
-    layers, x = vjp_arg
-    return _apply(layers, length, x)
+    def backward(self, y, ct, layout, carry):
+        ct_x, ct_log_det = ct
 
+        def step(state, layer, index):
+            c, ct_x, ct_condition, grads = state
 
-@_reversible.def_fwd
-def _reversible_fwd(perturbed, vjp_arg, length):
-    del perturbed
-    layers, x = vjp_arg
-    y = _apply(layers, length, x)
-    return y, y  # only the output is kept
+            def one(c, ct_x):
+                below = inverse(layer, replace(c, log_det=None), index)
+                below = replace(below, log_det=c.log_det)
+                ct_below, g, g_condition = vjp_and_grads(
+                    layer, below, ct_x, ct_log_det, index=index
+                )
+                return barrier((below.x, ct_below, g, g_condition))
 
+            x, ct_x, g, g_condition = layout.isolate(one, c, ct_x)
+            grads = layout.write(grads, index, g)
+            if ct_condition is not None:
+                ct_condition = jax.tree.map(jnp.add, ct_condition, g_condition)
+            return replace(c, x=x), ct_x, ct_condition, grads
 
-@_reversible.def_bwd
-def _reversible_bwd(y, ct_y, perturbed, vjp_arg, length):
-    layers, _ = vjp_arg
-    if length is None:
-        grads = [None] * len(layers)
-        for i in reversed(range(len(layers))):
-            y, ct_y, grads[i] = _backward_step(layers[i], y, ct_y)
-        grads = tuple(grads)
-    else:
-
-        def step(carry, params):
-            y, ct_y, g = _backward_step(stacked_layer(layers, params), *carry)
-            return (y, ct_y), g
-
-        carry = (y, ct_y)
-        (y, ct_y), grads = jax.lax.scan(step, carry, split_stack(layers), reverse=True)
-    return keep_perturbed((grads, ct_y), perturbed)
+        init = (
+            replace(carry, x=y),
+            ct_x,
+            jax.tree.map(jnp.zeros_like, carry.condition),
+            parameter_zeros(layout, carry),
+        )
+        _, ct_x, ct_condition, grads = layout.scan(step, init, reverse=True)
+        return Cotangents(grads, ct_x, ct_log_det, ct_condition)

@@ -1,27 +1,27 @@
-"""Filtered transforms with `eqx.filter_grad`'s calling convention.
+"""`filter_grad` and `filter_value_and_grad` by a method: `eqx.filter_grad`'s
+calling convention, with the chains differentiated by the method.
 
-A chain method is a *rule*: a function `(chain, x) -> y` installed on every
-outermost `Sequential`/`ScannedSequential` of the first argument, which computes the
-chain's output under a `custom_vjp` (or checkpoints) of the method. Everything
-around the chains is differentiated by ordinary reverse mode, so the result is the
-same as `eqx.filter_grad`'s.
-
-Misuse is caught at trace time, with the transform's name in the message: every
-chain is walked abstractly before its rule runs (`check_chain`), and the loss must
-return a floating-point scalar (or a `(loss, aux)` pair with `has_aux=True`).
+The transform marks every outermost chain of the first argument that has no method
+of its own (a pytree leaf: tree structures are unchanged), and makes the method the
+default while the function is traced, for chains built inside it and for lone
+invertible layers (see `invertible/_method.py`). Everything else is differentiated
+by ordinary reverse mode, so the result equals `eqx.filter_grad`'s.
 """
 
 import functools as ft
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import PyTree
 
-from ..layers._sequential import Sequential
-from ._chain import check_chain, forward_mode_guard, is_chain, mark_chains
+from .._carry import is_chain
+from .._method import AbstractMethod, Usage, default_method
 
 
 class _Sentinel:
@@ -32,7 +32,27 @@ class _Sentinel:
 sentinel = _Sentinel()
 
 
-def check_loss(method: str, out: Any, has_aux: bool) -> None:
+def with_method(chain, method: AbstractMethod):
+    """The same chain, differentiated by `method` (its tree structure unchanged)."""
+    return eqx.tree_at(lambda c: c.method, chain, method, is_leaf=lambda x: x is None)
+
+
+def mark_chains(tree: PyTree, method: AbstractMethod) -> PyTree:
+    """Give every outermost chain in `tree` that has no method the `method`. Chains
+    nested inside a layer (say, a coupling's residual) stay plain: the outer method
+    differentiates them."""
+    return jtu.tree_map(
+        lambda node: (
+            with_method(node, method)
+            if is_chain(node) and node.method is None
+            else node
+        ),
+        tree,
+        is_leaf=is_chain,
+    )
+
+
+def check_loss(name: str, out: Any, has_aux: bool) -> None:
     """Raise unless `out` is what `fun` must return: a floating-point scalar, or
     with `has_aux` a pair `(scalar, aux)`."""
     if has_aux:
@@ -43,86 +63,79 @@ def check_loss(method: str, out: Any, has_aux: bool) -> None:
                 else f"a {type(out).__name__}"
             )
             raise TypeError(
-                f"{method}(has_aux=True): the function must return a pair "
+                f"{name}(has_aux=True): the function must return a pair "
                 f"`(loss, aux)`, got {got}. Return `loss, aux`, or leave `has_aux` "
                 "out."
             )
         out = out[0]
     elif isinstance(out, tuple | list):
         raise TypeError(
-            f"{method}: the function must return a scalar loss, got a "
+            f"{name}: the function must return a scalar loss, got a "
             f"{type(out).__name__} of {len(out)}. If it returns `(loss, aux)`, pass "
             "`has_aux=True`."
         )
     if not isinstance(out, jax.Array | np.ndarray | np.generic | float | int):
         raise TypeError(
-            f"{method}: the function must return a scalar loss, got "
-            f"{type(out).__name__}."
+            f"{name}: the function must return a scalar loss, got {type(out).__name__}."
         )
     if jnp.shape(out) != ():
         raise ValueError(
-            f"{method}: the function must return a scalar loss, got shape "
+            f"{name}: the function must return a scalar loss, got shape "
             f"{jnp.shape(out)}. Reduce it, e.g. with `jnp.mean`."
         )
     dtype = jnp.result_type(out)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"{method}: the loss must be a floating-point scalar, got dtype {dtype}."
+            f"{name}: the loss must be a floating-point scalar, got dtype {dtype}."
         )
 
 
-def checked_rule(rule: Callable, method: str, *, custom_vjp: bool = False):
-    """`rule`, preceded by the trace-time checks of the chain and its input. With
-    `custom_vjp`, JAX's error for forward-mode autodiff of the rule says what to
-    do."""
-
-    def checked(chain, x):
-        if isinstance(chain, Sequential) and any(map(is_chain, chain.layers)):
-            # A `ScannedSequential` inside a `Sequential`: each inner chain and each
-            # run of layers between them is a chain of its own, by the same method.
-            for part in split_at_chains(chain):
-                x = checked(part, x)
-            return x
-        check_chain(chain, x, method)
-        if custom_vjp:
-            return forward_mode_guard(method, rule, chain, x)
-        return rule(chain, x)
-
-    return checked
-
-
-def split_at_chains(chain: Sequential) -> list:
-    """The inner chains of `chain`, and `Sequential`s of the layers between them."""
-    parts, run = [], []
-    for layer in chain.layers:
-        if is_chain(layer):
-            parts += [Sequential(run)] if run else []
-            parts.append(layer)
-            run = []
-        else:
-            run.append(layer)
-    return parts + ([Sequential(run)] if run else [])
+def warn_about(name: str, usage: Usage) -> None:
+    """Say, once per trace, where the method could not do its job."""
+    if usage.unhandled:
+        layers = ", ".join(f"{n} x{c}" for n, c in sorted(usage.unhandled.items()))
+        warnings.warn(
+            f"{name}: layers called outside a chain that its method cannot "
+            f"differentiate ({layers}) were differentiated by plain backprop.",
+            stacklevel=4,
+        )
+    if usage.chains == 0 and not usage.lone_layers:
+        warnings.warn(
+            f"{name}: the function called no invertible chain or layer, so its "
+            "gradient is plain backprop (`eqx.filter_grad`'s). Put invertible layers "
+            "in an `invertible.Sequential` or `ScannedSequential`.",
+            stacklevel=4,
+        )
+    elif sum(usage.lone_layers.values()) > 1:
+        layers = ", ".join(f"{n} x{c}" for n, c in sorted(usage.lone_layers.items()))
+        warnings.warn(
+            f"{name}: invertible layers were called outside a chain ({layers}), so "
+            "each was differentiated as a chain of its own, keeping about what "
+            "per-layer checkpointing keeps. Put consecutive layers in an "
+            "`invertible.Sequential` (or `ScannedSequential`) for the full saving.",
+            stacklevel=4,
+        )
 
 
-def chain_transform(
-    fun,
-    rule: Callable,
+def method_transform(
+    fun: Callable,
+    method: AbstractMethod,
     *,
     has_aux: bool,
     value: bool,
     name: str,
-    custom_vjp: bool = True,
 ):
-    """`eqx.filter_grad(fun)` (or `filter_value_and_grad`), with every outermost
-    chain of the first argument differentiated by `rule`. `name` is the public
-    transform's, for error messages; `custom_vjp` says whether `rule` is one."""
-    rule = checked_rule(rule, name, custom_vjp=custom_vjp)
+    """`eqx.filter_grad(fun)` (or `filter_value_and_grad`), with every chain
+    differentiated by `method`; `name` is the public transform's, for messages."""
 
     @ft.wraps(fun)
-    def with_rules(first, /, *args, **kwargs):
-        out = fun(mark_chains(first, rule), *args, **kwargs)
+    def with_chains_marked(first, /, *args, **kwargs):
+        usage = Usage(name=name)
+        with default_method(method, usage):
+            out = fun(mark_chains(first, method), *args, **kwargs)
         check_loss(name, out, has_aux)
+        warn_about(name, usage)
         return out
 
     transform = eqx.filter_value_and_grad if value else eqx.filter_grad
-    return transform(with_rules, has_aux=has_aux)
+    return transform(with_chains_marked, has_aux=has_aux)

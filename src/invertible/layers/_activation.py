@@ -36,12 +36,18 @@ class LeakyReLU(AbstractInvertible):
         check_input(self, x)
         return x * self._slope(x)
 
-    def inverse(self, y: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    def inverse(
+        self, y: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         check_input(self, y)
         return y / self._slope(y)
 
     def inverse_jvp(
-        self, x: Float[Array, "*shape"], ct_x: Float[Array, "*shape"]
+        self,
+        x: Float[Array, "*shape"],
+        ct_x: Float[Array, "*shape"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
         check_input(self, x)
         slope = self._slope(x)
@@ -68,7 +74,11 @@ class ReLU(AbstractNonSubmersive):
         return jnp.where(x > 0, x, 0).astype(x.dtype)
 
     def fragment(
-        self, x: Float[Array, "*shape"], ct_y: Float[Array, "*shape"]
+        self,
+        x: Float[Array, "*shape"],
+        ct_y: Float[Array, "*shape"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "*shape"]:
         """The output cotangent where the unit is off.
 
@@ -90,6 +100,8 @@ class ReLU(AbstractNonSubmersive):
         x: Float[Array, "*shape"],
         ct_x: Float[Array, "*shape"],
         fragment: Float[Array, "*shape"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
         """`ct_y = where(x > 0, ct_x, fragment)`.
 
@@ -124,12 +136,18 @@ class Asinh(AbstractInvertible):
         check_input(self, x)
         return jnp.arcsinh(x)
 
-    def inverse(self, y: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    def inverse(
+        self, y: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "*shape"]:
         check_input(self, y)
         return jnp.sinh(y)
 
     def inverse_jvp(
-        self, x: Float[Array, "*shape"], ct_x: Float[Array, "*shape"]
+        self,
+        x: Float[Array, "*shape"],
+        ct_x: Float[Array, "*shape"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
         check_input(self, x)
         check_same_shape(self, x, ct_x, "x", "ct_x")

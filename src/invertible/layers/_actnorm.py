@@ -92,14 +92,18 @@ class ActNorm(AbstractInvertible):
         return (x + self._per_channel(self.bias, x)) * scale
 
     def inverse(
-        self, y: Float[Array, "channels *rest"]
+        self, y: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "channels *rest"]:
         self._check(y)
         inverse_scale = jnp.exp(-self._per_channel(self.log_scale, y))
         return y * inverse_scale - self._per_channel(self.bias, y)
 
     def inverse_jvp(
-        self, x: Float[Array, "channels *rest"], ct_x: Float[Array, "channels *rest"]
+        self,
+        x: Float[Array, "channels *rest"],
+        ct_x: Float[Array, "channels *rest"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "channels *rest"], Float[Array, "channels *rest"]]:
         self._check(x)
         check_same_shape(self, x, ct_x, "x", "ct_x")

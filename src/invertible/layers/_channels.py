@@ -69,7 +69,11 @@ class KeepChannels(AbstractSubmersive):
         return x[: self.channels]
 
     def inverse_jvp(
-        self, x: Float[Array, "channels *rest"], ct_x: Float[Array, "channels *rest"]
+        self,
+        x: Float[Array, "channels *rest"],
+        ct_x: Float[Array, "channels *rest"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "kept *rest"], Float[Array, "kept *rest"]]:
         """The vijp: `ct_y = ct_x[:channels]`.
 
@@ -144,6 +148,8 @@ class ChannelPad(AbstractNonSubmersive):
         self,
         x: Float[Array, "channels *rest"],
         ct_y: Float[Array, "out_channels *rest"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "padded *rest"]:
         """The cotangent of the padded channels, `ct_y[C:]`.
 
@@ -165,6 +171,8 @@ class ChannelPad(AbstractNonSubmersive):
         x: Float[Array, "channels *rest"],
         ct_x: Float[Array, "channels *rest"],
         fragment: Float[Array, "padded *rest"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "out_channels *rest"], Float[Array, "out_channels *rest"]]:
         """Rebuild `ct_y = concat(ct_x, fragment)`.
 

@@ -70,12 +70,18 @@ class InvertibleLinear(AbstractInvertible):
         y = self.weight.apply(x)
         return y if self.bias is None else y + self.bias
 
-    def inverse(self, y: Float[Array, " features"]) -> Float[Array, " features"]:
+    def inverse(
+        self, y: Float[Array, " features"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " features"]:
         self._check(y)
         return self.weight.solve(y if self.bias is None else y - self.bias)
 
     def inverse_jvp(
-        self, x: Float[Array, " features"], ct_x: Float[Array, " features"]
+        self,
+        x: Float[Array, " features"],
+        ct_x: Float[Array, " features"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, " features"], Float[Array, " features"]]:
         self._check(x)
         self._check(ct_x, "input cotangent")
@@ -136,7 +142,10 @@ class Invertible1x1Conv(AbstractInvertible):
         return y if self.bias is None else y + self._bias(y)
 
     def inverse(
-        self, y: Float[Array, "channels height width"]
+        self,
+        y: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "channels height width"]:
         self._check(y)
         return self.weight.solve(y if self.bias is None else y - self._bias(y))
@@ -145,6 +154,8 @@ class Invertible1x1Conv(AbstractInvertible):
         self,
         x: Float[Array, "channels height width"],
         ct_x: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[
         Float[Array, "channels height width"], Float[Array, "channels height width"]
     ]:

@@ -135,13 +135,17 @@ class Permute(AbstractInvertible):
         return x[self.permutation]
 
     def inverse(
-        self, y: Float[Array, "channels *rest"]
+        self, y: Float[Array, "channels *rest"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "channels *rest"]:
         self._check(y)
         return y[self.inverse_permutation]
 
     def inverse_jvp(
-        self, x: Float[Array, "channels *rest"], ct_x: Float[Array, "channels *rest"]
+        self,
+        x: Float[Array, "channels *rest"],
+        ct_x: Float[Array, "channels *rest"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "channels *rest"], Float[Array, "channels *rest"]]:
         self._check(x)
         check_same_shape(self, x, ct_x, "x", "ct_x")

@@ -75,6 +75,8 @@ class AvgPool2d(AbstractSubmersive):
         self,
         x: Float[Array, "channels height width"],
         ct_x: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[
         Float[Array, "channels out_height out_width"],
         Float[Array, "channels out_height out_width"],

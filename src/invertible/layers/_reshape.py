@@ -51,7 +51,10 @@ class Squeeze(AbstractInvertible):
         return _space_to_depth(x)
 
     def inverse(
-        self, y: Float[Array, "channels height width"]
+        self,
+        y: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "channels//4 2*height 2*width"]:
         check_input(self, y, ndim=3, describe="(4 * channels, height, width)")
         if y.shape[0] % 4:
@@ -65,6 +68,8 @@ class Squeeze(AbstractInvertible):
         self,
         x: Float[Array, "channels height width"],
         ct_x: Float[Array, "channels height width"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[
         Float[Array, "4*channels height//2 width//2"],
         Float[Array, "4*channels height//2 width//2"],

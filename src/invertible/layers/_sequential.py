@@ -1,22 +1,30 @@
-"""Composition of layers: `Sequential` (a Python loop) and `ScannedSequential`."""
+"""Chains: `Sequential` (a tuple of layers) and `ScannedSequential` (a stack)."""
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from .._abstract import AbstractInvertible, AbstractNonSubmersive, AbstractSubmersive
+from .._abstract import AbstractChain
+from .._carry import (
+    Carry,
+    inverse,
+    inverse_jvp,
+    is_chain,
+    is_invertible,
+    is_stateful,
+    is_submersive,
+    needs_fragment,
+)
 from .._checks import layer_name
+from .._layout import AbstractLayout, Scanned, Unrolled
+from .._method import AbstractMethod
+from .._run import run_chain
 
-# A gradient transform of `invertible.grad` marks a chain with a rule that replaces
-# its `__call__` (a `jax.custom_vjp`, or per-layer checkpoints). Unmarked chains are
-# plain compositions. The rule is an ordinary (non-array, so static under
-# `eqx.filter_jit`) leaf rather than a static field: a marked chain then has the
-# treedef of an unmarked one, and `eqx.combine(marked_trainable, unmarked_frozen)`
-# still works, as Equinox users expect.
-Rule = Callable[["Sequential | ScannedSequential", Array], Array]
+_sentinel = object()
 
 
 def _describe(layers: Sequence[Any], predicate) -> str:
@@ -27,25 +35,198 @@ def _describe(layers: Sequence[Any], predicate) -> str:
     )
 
 
-class Sequential(eqx.Module):
+def _check_method(owner: str, method) -> None:
+    if method is not None and not isinstance(method, AbstractMethod):
+        raise TypeError(
+            f"{owner}: `method` must be a method of `invertible.grad` (e.g. "
+            f"`invertible.grad.Mixed()`) or None, got {type(method).__name__}."
+        )
+
+
+class _Chain(AbstractChain):
+    """What both chains share: calling, inverting and the vijp, through the layout."""
+
+    def _start(self, x, state, key, condition, log_det: bool) -> Carry:
+        stateful = self.is_stateful()
+        if stateful and state is _sentinel:
+            raise TypeError(
+                f"{layer_name(self)} holds stateful layers "
+                f"({_describe(self.layout.layer_types(), is_stateful)}): call it as "
+                "`chain(x, state)`, with the `eqx.nn.State` from "
+                "`eqx.nn.make_with_state`."
+            )
+        state = None if state is _sentinel else state
+        start = jnp.zeros((), jnp.result_type(x)) if log_det else None
+        return Carry(x, start, key, state, condition)
+
+    def is_stateful(self) -> bool:
+        """Whether some layer is stateful (Equinox's `StatefulLayer` protocol)."""
+        return any(map(is_stateful, self.layout.layer_types()))
+
+    def __call__(
+        self,
+        x: Float[Array, "..."],
+        state: Any = _sentinel,
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> Any:
+        """**Arguments:**
+
+        - `x`: one input example.
+        - `state`: an `equinox.nn.State`, for chains of stateful layers (then the
+          chain returns `(y, state)`).
+        - `key`: a random key, or `None`; layer `i` gets `fold_in(key, i)`.
+        - `condition`: passed to every layer that takes a `condition` (conditional
+          flows), or `None`.
+
+        **Returns:**
+
+        The output `y`, or `(y, state)` when a state was passed.
+        """
+        out = run_chain(self, self._start(x, state, key, condition, log_det=False))
+        return out.x if state is _sentinel else (out.x, out.state)
+
+    def forward_and_log_det(
+        self,
+        x: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> tuple[Float[Array, "..."], Float[Array, ""]]:
+        """The output and the sum of the layers' log-determinants.
+
+        **Arguments:**
+
+        - `x`, `key`, `condition`: as for `__call__`.
+
+        **Returns:**
+
+        `(y, log_det)` with `log_det = log |det ∂y/∂x|`, a scalar; gradient
+        transforms differentiate the pair by their method.
+        """
+        out = run_chain(self, self._start(x, _sentinel, key, condition, log_det=True))
+        return out.x, out.log_det
+
+    @property
+    def is_submersive(self) -> bool:
+        """Whether every layer is submersive (`inverse_jvp` needs no fragments)."""
+        return is_submersive(self)
+
+    @property
+    def is_invertible(self) -> bool:
+        """Whether every layer is invertible, so that `inverse` exists."""
+        return is_invertible(self)
+
+    def _require_invertible(self, what: str) -> None:
+        bad = _describe(
+            self.layout.layer_types(), lambda layer: not is_invertible(layer)
+        )
+        if bad:
+            raise TypeError(
+                f"{layer_name(self)}.{what}: these layers have no `inverse`: {bad}. "
+                "Only chains of `AbstractInvertible` layers can be inverted."
+            )
+
+    def _inverted(self, y, key, condition, log_det: bool) -> Carry:
+        self._require_invertible("inverse_and_log_det" if log_det else "inverse")
+        start = jnp.zeros((), jnp.result_type(y)) if log_det else None
+        return self.layout.scan(
+            lambda c, layer, index: inverse(layer, c, index),
+            Carry(y, start, key, None, condition),
+            reverse=True,
+        )
+
+    def inverse(
+        self,
+        y: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> Float[Array, "..."]:
+        """The inverse of the chain. Raises `TypeError` if a layer is not
+        invertible."""
+        return self._inverted(y, key, condition, log_det=False).x
+
+    def inverse_and_log_det(
+        self,
+        y: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> tuple[Float[Array, "..."], Float[Array, ""]]:
+        """The input and the inverse's log-det (minus the forward one)."""
+        out = self._inverted(y, key, condition, log_det=True)
+        return out.x, out.log_det
+
+    def inverse_jvp(
+        self,
+        x: Float[Array, "..."],
+        ct_x: Float[Array, "..."],
+        fragments: PyTree | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+        """The vijp of the whole chain, layer by layer.
+
+        **Arguments:**
+
+        - `x`, `ct_x`: the chain's input and its cotangent.
+        - `fragments`: for chains holding non-submersive layers, one entry per layer
+          (a tuple for `Sequential`, `None` for submersive layers): the fragment of
+          each `AbstractNonSubmersive` layer.
+        - `key`, `condition`: as for `__call__`.
+
+        **Returns:**
+
+        `(y, ct_y)` with `y == self(x)` and `vjp(self, x)(ct_y) == ct_x`.
+        """
+        layout = self.layout
+        if fragments is None:
+            bad = _describe(layout.layer_types(), needs_fragment)
+            if bad:
+                raise ValueError(
+                    f"{layer_name(self)}.inverse_jvp: these layers are not submersive "
+                    f"and need their fragments: {bad}. Pass `fragments`, one per layer."
+                )
+        elif isinstance(layout, Unrolled) and len(fragments) != len(layout):
+            raise ValueError(
+                f"{layer_name(self)}.inverse_jvp: got {len(fragments)} fragments for "
+                f"{len(layout)} layers."
+            )
+
+        def step(state, layer, index):
+            carry, ct = state
+            piece = None if fragments is None else layout.read(fragments, index)
+            return inverse_jvp(layer, carry, ct, None, piece, index=index)
+
+        carry, ct_y = layout.scan(step, (Carry(x, None, key, None, condition), ct_x))
+        return carry.x, ct_y
+
+
+class Sequential(_Chain, eqx.nn.StatefulLayer):
     """A chain of layers applied one after another, `y = f_L(... f_1(x))`.
 
-    Behaves like `eqx.nn.Sequential` (indexing, slicing, `len`, iteration) and is
-    submersive (invertible) when all its layers are. It is also the unit that the
-    transforms of `invertible.grad` differentiate by their method.
+    Behaves like `eqx.nn.Sequential` (indexing, slicing, `len`, iteration, keys,
+    state) and is submersive (invertible) when all its layers are. It is also the
+    unit that the transforms of `invertible.grad` differentiate by their method.
 
     Layers may be any `AbstractSubmersive`, `AbstractInvertible` or
-    `AbstractNonSubmersive`; nested `Sequential`s are flattened.
+    `AbstractNonSubmersive`; nested `Sequential`s are flattened, and a nested
+    `ScannedSequential` runs as a chain of its own (by the same method).
     """
 
     layers: tuple[Any, ...]
-    rule: Rule | None = eqx.field(default=None, repr=False)
+    method: AbstractMethod | None = eqx.field(default=None, repr=False)
 
-    def __init__(self, layers: Sequence[Any], *, rule: Rule | None = None):
+    def __init__(self, layers: Sequence[Any], *, method: AbstractMethod | None = None):
         """**Arguments:**
 
         - `layers`: the layers, first applied first. Must not be empty.
-        - `rule`: used by `invertible.grad`; leave it out.
+        - `method`: how gradient transforms (and `eqx.filter_grad`) differentiate
+          this chain, e.g. `invertible.grad.Mixed()`; by default the method of the
+          transform in use (backprop under `eqx.filter_grad`).
         """
         flat = []
         for layer in layers:
@@ -55,9 +236,6 @@ class Sequential(eqx.Module):
                 flat.append(layer)
         if not flat:
             raise ValueError("Sequential: `layers` is empty; give at least one layer.")
-        bad = _describe(flat, lambda layer: not callable(layer))
-        if bad:
-            raise TypeError(f"Sequential: these layers are not callable: {bad}.")
         classes = [
             f"{i}: {c.__name__}" for i, c in enumerate(flat) if isinstance(c, type)
         ]
@@ -67,82 +245,20 @@ class Sequential(eqx.Module):
                 f"{', '.join(classes)}. Instantiate them, e.g. "
                 "`invertible.LeakyReLU()`."
             )
-        self.layers = tuple(flat)
-        self.rule = rule
-
-    def __call__(
-        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "..."]:
-        if self.rule is not None:
-            return self.rule(self, x)
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-    @property
-    def is_submersive(self) -> bool:
-        """Whether every layer is submersive (`inverse_jvp` needs no fragments)."""
-        return all(_is_submersive(layer) for layer in self.layers)
-
-    @property
-    def is_invertible(self) -> bool:
-        """Whether every layer is invertible, so that `inverse` exists."""
-        return all(_is_invertible(layer) for layer in self.layers)
-
-    def inverse(self, y: Float[Array, "..."]) -> Float[Array, "..."]:
-        """The inverse of the chain. Raises `TypeError` if a layer is not invertible."""
-        bad = _describe(self.layers, lambda layer: not _is_invertible(layer))
+        bad = _describe(flat, lambda layer: not callable(layer))
         if bad:
-            raise TypeError(
-                f"Sequential.inverse: these layers have no `inverse`: {bad}. Only "
-                "chains of `AbstractInvertible` layers can be inverted."
-            )
-        for layer in reversed(self.layers):
-            y = layer.inverse(y)
-        return y
+            raise TypeError(f"Sequential: these layers are not callable: {bad}.")
+        _check_method("Sequential", method)
+        self.layers = tuple(flat)
+        self.method = method
 
-    def inverse_jvp(
-        self,
-        x: Float[Array, "..."],
-        ct_x: Float[Array, "..."],
-        fragments: Sequence[PyTree[Array] | None] | None = None,
-    ) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
-        """The vijp of the whole chain, layer by layer.
-
-        **Arguments:**
-
-        - `x`, `ct_x`: the chain's input and its cotangent.
-        - `fragments`: one entry per layer, the fragment for each
-          `AbstractNonSubmersive` layer and `None` elsewhere. Needed only when the
-          chain holds non-submersive layers.
-
-        **Returns:**
-
-        `(y, ct_y)` with `y == self(x)` and `vjp(self, x)(ct_y) == ct_x`.
-        """
-        if fragments is None:
-            bad = _describe(self.layers, lambda layer: not _is_submersive(layer))
-            if bad:
-                raise ValueError(
-                    f"Sequential.inverse_jvp: these layers are not submersive and need "
-                    f"their fragments: {bad}. Pass `fragments`, one per layer."
-                )
-            fragments = (None,) * len(self.layers)
-        if len(fragments) != len(self.layers):
-            raise ValueError(
-                f"Sequential.inverse_jvp: got {len(fragments)} fragments for "
-                f"{len(self.layers)} layers."
-            )
-        for layer, fragment in zip(self.layers, fragments, strict=True):
-            if isinstance(layer, AbstractNonSubmersive):
-                x, ct_x = layer.inverse_jvp(x, ct_x, fragment)
-            else:
-                x, ct_x = _inverse_jvp(layer, x, ct_x)
-        return x, ct_x
+    @property
+    def layout(self) -> AbstractLayout:
+        return Unrolled(self.layers)
 
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            return Sequential(self.layers[index])
+            return Sequential(self.layers[index], method=self.method)
         return self.layers[index]
 
     def __len__(self) -> int:
@@ -172,8 +288,9 @@ def _leading_length(stacked: PyTree) -> int:
     return lengths.pop()
 
 
-class ScannedSequential(eqx.Module):
-    """A chain of `L` identical layers with stacked parameters, run by `lax.scan`.
+class ScannedSequential(_Chain):
+    """A chain of `L` identical layers (or blocks) with stacked parameters, run by
+    `lax.scan`.
 
     Compile time and program size do not grow with depth. Build the stack with
     Equinox's idiom:
@@ -184,26 +301,38 @@ class ScannedSequential(eqx.Module):
     chain = invertible.ScannedSequential(eqx.filter_vmap(make)(keys))
     ```
 
-    Indexing gives one layer, slicing a shorter `ScannedSequential`.
+    A block of several layers is stacked the same way, as an
+    `invertible.Sequential` (e.g. an attention coupling and an MLP coupling):
+    `eqx.filter_vmap(lambda k: invertible.Sequential([...]))(keys)`; its layers
+    then run in order at every step.
+
+    Indexing gives one stack entry (a layer, or a block), slicing a shorter
+    `ScannedSequential`.
     """
 
     layers: Any
     length: int = eqx.field(static=True)
-    rule: Rule | None = eqx.field(default=None, repr=False)
+    method: AbstractMethod | None = eqx.field(default=None, repr=False)
 
-    def __init__(self, layers: Any, *, rule: Rule | None = None):
+    def __init__(self, layers: Any, *, method: AbstractMethod | None = None):
         """**Arguments:**
 
-        - `layers`: one layer whose array leaves carry a leading axis of length `L`
-          (from `eqx.filter_vmap`).
-        - `rule`: used by `invertible.grad`; leave it out.
+        - `layers`: one layer, or an `invertible.Sequential` block, whose array
+          leaves carry a leading axis of length `L` (from `eqx.filter_vmap`).
+        - `method`: as for `invertible.Sequential`.
         """
-        if isinstance(layers, Sequential | ScannedSequential):
+        if isinstance(layers, ScannedSequential):
             raise TypeError(
-                "ScannedSequential: `layers` must be one stacked layer, not a chain."
+                "ScannedSequential: `layers` must be one stacked layer or block, not "
+                "a ScannedSequential."
+            )
+        if isinstance(layers, Sequential) and any(map(is_chain, layers.layers)):
+            raise TypeError(
+                "ScannedSequential: a stacked block cannot hold a ScannedSequential."
             )
         if not callable(layers):
             raise TypeError(f"ScannedSequential: {layer_name(layers)} is not callable.")
+        _check_method("ScannedSequential", method)
         self.layers = layers
         self.length = _leading_length(layers)
         if self.length == 0:
@@ -211,65 +340,25 @@ class ScannedSequential(eqx.Module):
                 "ScannedSequential: the stack is empty (its layer axis has length "
                 "0); give at least one layer."
             )
-        self.rule = rule
-
-    def __call__(
-        self, x: Float[Array, "..."], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "..."]:
-        if self.rule is not None:
-            return self.rule(self, x)
-        dynamic, static = eqx.partition(self.layers, eqx.is_array)
-
-        def step(x, params):
-            return eqx.combine(params, static)(x), None
-
-        return jax.lax.scan(step, x, dynamic)[0]
-
-    @property
-    def is_submersive(self) -> bool:
-        """Whether the layer is submersive."""
-        return _is_submersive(self.layers)
-
-    @property
-    def is_invertible(self) -> bool:
-        """Whether the layer is invertible."""
-        return _is_invertible(self.layers)
-
-    def inverse(self, y: Float[Array, "..."]) -> Float[Array, "..."]:
-        """The inverse of the chain; `TypeError` if the layer is not invertible."""
-        if not self.is_invertible:
+        self.method = method
+        stateful = _describe(self.layout.layer_types(), is_stateful)
+        if stateful:
             raise TypeError(
-                f"ScannedSequential.inverse: {layer_name(self.layers)} has no "
-                "`inverse`; only stacks of `AbstractInvertible` layers can be inverted."
+                f"ScannedSequential: stateful layers ({stateful}) cannot be stacked "
+                "(an `eqx.nn.State` holds one entry per layer). Put them in an "
+                "`invertible.Sequential`."
             )
-        dynamic, static = eqx.partition(self.layers, eqx.is_array)
 
-        def step(y, params):
-            return eqx.combine(params, static).inverse(y), None
-
-        return jax.lax.scan(step, y, dynamic, reverse=True)[0]
-
-    def inverse_jvp(
-        self, x: Float[Array, "..."], ct_x: Float[Array, "..."]
-    ) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
-        """The vijp of the whole chain. See `Sequential.inverse_jvp`."""
-        if not self.is_submersive:
-            raise ValueError(
-                f"ScannedSequential.inverse_jvp: {layer_name(self.layers)} is not "
-                "submersive; its fragments are handled by `invertible.grad.mixed_grad`."
-            )
-        dynamic, static = eqx.partition(self.layers, eqx.is_array)
-
-        def step(carry, params):
-            return _inverse_jvp(eqx.combine(params, static), *carry), None
-
-        return jax.lax.scan(step, (x, ct_x), dynamic)[0]
+    @property
+    def layout(self) -> AbstractLayout:
+        size = len(self.layers.layers) if isinstance(self.layers, Sequential) else 1
+        return Scanned(self.layers, self.length, size)
 
     def __getitem__(self, index: int | slice) -> Any:
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         picked = jax.tree.map(lambda leaf: leaf[index], dynamic)
         if isinstance(index, slice):
-            return ScannedSequential(eqx.combine(picked, static))
+            return ScannedSequential(eqx.combine(picked, static), method=self.method)
         return eqx.combine(picked, static)
 
     def __len__(self) -> int:
@@ -278,25 +367,3 @@ class ScannedSequential(eqx.Module):
     def __iter__(self) -> Iterator[Any]:
         for i in range(self.length):
             yield self[i]
-
-
-def _is_submersive(layer: Any) -> bool:
-    if isinstance(layer, Sequential | ScannedSequential):
-        return layer.is_submersive
-    return isinstance(layer, AbstractSubmersive)
-
-
-def _is_invertible(layer: Any) -> bool:
-    if isinstance(layer, Sequential | ScannedSequential):
-        return layer.is_invertible
-    return isinstance(layer, AbstractInvertible)
-
-
-def _inverse_jvp(layer: Any, x: Array, ct_x: Array) -> tuple[Array, Array]:
-    if isinstance(layer, AbstractSubmersive | Sequential | ScannedSequential):
-        return layer.inverse_jvp(x, ct_x)
-    raise TypeError(
-        f"{layer_name(layer)} is not an `invertible.AbstractSubmersive`, so it has no "
-        "`inverse_jvp`. Wrap an invertible module in `invertible.SolvedInverseJVP`, or "
-        "subclass `AbstractSubmersive` and write one."
-    )

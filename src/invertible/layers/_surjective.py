@@ -122,7 +122,11 @@ class SurjectiveLinear(AbstractSubmersive):
         return y if self.bias is None else y + self.bias
 
     def inverse_jvp(
-        self, x: Float[Array, " in"], ct_x: Float[Array, " in"]
+        self,
+        x: Float[Array, " in"],
+        ct_x: Float[Array, " in"],
+        *,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, " out"], Float[Array, " out"]]:
         """The vijp: `ct_y = ct_x[:m] A⁻¹`, by triangular solves with `L` and `U`.
 

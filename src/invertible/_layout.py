@@ -1,0 +1,363 @@
+"""Layouts: how a chain's layers are stored and iterated, so that every method is
+written once for both kinds of chain.
+
+- `Unrolled`: a tuple of layers (`invertible.Sequential`), iterated by a Python
+  loop; indices are Python ints.
+- `Scanned`: one layer, or one block of several layers (an `invertible.Sequential`),
+  whose array leaves carry a leading axis of stacked copies
+  (`invertible.ScannedSequential`), iterated by `lax.scan`; indices are traced.
+
+Both offer the same operations: `scan` over the layers (forwards or backwards),
+`segments(k)` (runs of `k` layers, or of whole blocks, each a layout of the same
+kind, with their own `scan`), and per-layer and per-segment storage (`zeros`,
+`write`, `read`) that writes each value in its final place, so that no method
+builds a stack and concatenates it (a copy of every layer's gradients).
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import PyTree
+
+from ._carry import Carry, Index, forward
+
+
+class AbstractLayout(eqx.Module):
+    """The layers of a chain, as the methods of `invertible.grad` see them."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def apply(self, carry: Carry) -> Carry:
+        """The plain forward pass."""
+        return self.scan(lambda c, layer, index: forward(layer, c, index), carry)
+
+    def scan(
+        self,
+        step: Callable[[Any, Any, Index], Any],
+        init: Any,
+        *,
+        reverse: bool = False,
+    ) -> Any:
+        """`step(carry, layer, index) -> carry` over the layers, in order (or in
+        reverse)."""
+        raise NotImplementedError
+
+    def segments(self, k: int) -> "AbstractSegments":
+        """The layers in runs of `k` (the last may be shorter)."""
+        raise NotImplementedError
+
+    def layer_types(self) -> tuple:
+        """One layer per position of a stacked block (all layers, unrolled), for
+        trace-time checks of their kind."""
+        raise NotImplementedError
+
+    def zeros(self, make: Callable[[Any, Carry], PyTree], carry: Carry) -> PyTree:
+        """Per-layer storage for the whole chain: zeros shaped like
+        `make(layer, carry_at_layer)` (a pytree of arrays or `ShapeDtypeStruct`s,
+        `None` allowed), where `carry_at_layer` is `carry` carried abstractly to
+        the layer's input."""
+        raise NotImplementedError
+
+    def isolate(self, f: Callable, *args):
+        """`f(*args)`, computed as a unit: fenced in straight-line code (see
+        `fenced`), as is in a scan body, which already is one."""
+        return f(*args)
+
+    def cotangent(self, store: PyTree) -> "AbstractLayout":
+        """Per-layer gradients, as the cotangent of this layout (same structure)."""
+        raise NotImplementedError
+
+    def write(self, store: PyTree, index: Index, value: PyTree) -> PyTree:
+        raise NotImplementedError
+
+    def read(self, store: PyTree, index: Index) -> PyTree:
+        raise NotImplementedError
+
+    def as_layers(self, store: PyTree) -> PyTree:
+        """Per-layer storage (e.g. gradients) in the structure of the layers the
+        chain holds (`Sequential.layers`, `ScannedSequential.layers`)."""
+        raise NotImplementedError
+
+
+class AbstractSegments(eqx.Module):
+    """A layout cut into segments; segment `j` is itself a layout."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def scan(
+        self,
+        step: Callable[[Any, AbstractLayout, Any], Any],
+        init: Any,
+        *,
+        reverse=False,
+    ) -> Any:
+        """`step(carry, segment, j) -> carry` over the segments."""
+        raise NotImplementedError
+
+    def zeros(self, make: Callable[[Carry], PyTree], carry: Carry) -> PyTree:
+        """Per-segment storage: zeros shaped like `make(carry_at_start)`, where
+        `carry_at_start` is `carry` carried abstractly to the segment's start."""
+        raise NotImplementedError
+
+    def write(self, store: PyTree, j, value: PyTree) -> PyTree:
+        raise NotImplementedError
+
+    def read(self, store: PyTree, j) -> PyTree:
+        raise NotImplementedError
+
+
+def _zeros(struct: PyTree, lead: tuple = ()) -> PyTree:
+    return jax.tree.map(lambda s: jnp.zeros((*lead, *s.shape), s.dtype), struct)
+
+
+def _walk_shapes(layers, make, carry: Carry, index) -> list:
+    """`make(layer, carry_at_layer)` for consecutive layers, evaluated abstractly."""
+
+    def walk(carry):
+        out = []
+        for j, layer in enumerate(layers):
+            out.append(make(layer, carry))
+            carry = forward(layer, carry, index(j))
+        return out
+
+    return jax.eval_shape(walk, carry)
+
+
+def fenced(f: Callable, *args):
+    """`f(*args)` inside a `lax.cond` whose (always true) predicate XLA cannot fold.
+
+    In straight-line code (an `Unrolled` chain, unlike a `lax.scan` body) XLA fuses
+    and schedules across the whole program: a ReLU's `x > 0` is recomputed in the
+    reverse pass, keeping the float pre-activation instead of the one-byte mask,
+    and the forward sweep is interleaved with phase 1 so that its activations pile
+    up (at backprop's memory, measured). A branch is a separate computation that
+    runs as a unit, like a scan body.
+    """
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    run = lambda dynamic: f(*eqx.combine(dynamic, static))
+    out = jax.eval_shape(run, dynamic)
+    always = jax.lax.optimization_barrier(jnp.bool_(True))
+    return jax.lax.cond(always, run, lambda _: _zeros(out), dynamic)
+
+
+# ------------------------------------------------------------------------- unrolled
+
+
+class Unrolled(AbstractLayout):
+    """A tuple of layers. `start` is the position of `layers[0]` in the whole
+    chain (for a segment); `fold_keys=False` gives a lone layer the key it was
+    called with."""
+
+    layers: tuple
+    start: int = eqx.field(static=True, default=0)
+    fold_keys: bool = eqx.field(static=True, default=True)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def _index(self, i: int) -> Index:
+        position = self.start + i
+        return Index(position if self.fold_keys else None, position)
+
+    def scan(self, step, init, *, reverse=False):
+        order = range(len(self.layers))
+        for i in reversed(order) if reverse else order:
+            init = step(init, self.layers[i], self._index(i))
+        return init
+
+    def segments(self, k: int) -> "UnrolledSegments":
+        bounds = range(0, len(self.layers), k)
+        return UnrolledSegments(
+            tuple(
+                Unrolled(self.layers[s : s + k], self.start + s, self.fold_keys)
+                for s in bounds
+            )
+        )
+
+    def layer_types(self) -> tuple:
+        return self.layers
+
+    def zeros(self, make, carry):
+        shapes = _walk_shapes(self.layers, make, carry, self._index)
+        return tuple(_zeros(s) for s in shapes)
+
+    def isolate(self, f, *args):
+        return fenced(f, *args)
+
+    def cotangent(self, store):
+        return Unrolled(store, self.start, self.fold_keys)
+
+    def write(self, store, index, value):
+        i = index.entry
+        return (*store[:i], value, *store[i + 1 :])
+
+    def read(self, store, index):
+        return store[index.entry]
+
+    def as_layers(self, store):
+        return store
+
+
+class UnrolledSegments(AbstractSegments):
+    parts: tuple
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def scan(self, step, init, *, reverse=False):
+        order = range(len(self.parts))
+        for j in reversed(order) if reverse else order:
+            init = step(init, self.parts[j], j)
+        return init
+
+    def zeros(self, make, carry):
+        def walk(carry):
+            out = []
+            for part in self.parts:
+                out.append(make(carry))
+                carry = part.apply(carry)
+            return out
+
+        return tuple(_zeros(s) for s in jax.eval_shape(walk, carry))
+
+    def write(self, store, j, value):
+        return (*store[:j], value, *store[j + 1 :])
+
+    def read(self, store, j):
+        return store[j]
+
+
+# -------------------------------------------------------------------------- scanned
+
+
+def _entry_layers(entry: Any, size: int) -> tuple:
+    """The layers of one stack entry: the entry itself, or a block's layers."""
+    return tuple(entry.layers) if size > 1 else (entry,)
+
+
+class Scanned(AbstractLayout):
+    """`length` stacked copies of one layer, or of one block of `size` layers (an
+    `invertible.Sequential` whose leaves are stacked). `start` is the stack
+    position of entry 0 in the whole chain (traced inside a scan over segments)."""
+
+    stack: Any
+    length: int = eqx.field(static=True)
+    size: int = eqx.field(static=True, default=1)
+    start: Any = 0
+
+    def __len__(self) -> int:
+        return self.length * self.size
+
+    def _split(self):
+        return eqx.partition(self.stack, eqx.is_array)
+
+    def entry(self, params: PyTree) -> Any:
+        return eqx.combine(params, self._split()[1])
+
+    def scan(self, step, init, *, reverse=False):
+        dynamic, static = self._split()
+        positions = self.start + jnp.arange(self.length)
+        subs = range(self.size)
+
+        def body(carry, item):
+            params, entry = item
+            layers = _entry_layers(eqx.combine(params, static), self.size)
+            for j in reversed(subs) if reverse else subs:
+                index = Index(entry * self.size + j, entry, j)
+                carry = step(carry, layers[j], index)
+            return carry, None
+
+        return jax.lax.scan(body, init, (dynamic, positions), reverse=reverse)[0]
+
+    def segments(self, k: int) -> "ScannedSegments":
+        return ScannedSegments(self, max(1, math.ceil(k / self.size)))
+
+    def layer_types(self) -> tuple:
+        dynamic, static = self._split()
+        first = eqx.combine(jax.tree.map(lambda a: a[0], dynamic), static)
+        return _entry_layers(first, self.size)
+
+    def zeros(self, make, carry):
+        shapes = _walk_shapes(self.layer_types(), make, carry, lambda j: Index(j, 0, j))
+        stacked = tuple(_zeros(s, (self.length,)) for s in shapes)
+        return stacked[0] if self.size == 1 else stacked
+
+    def cotangent(self, store):
+        return Scanned(self.as_layers(store), self.length, self.size, self.start)
+
+    def _part(self, store, index):
+        return store if self.size == 1 else store[index.sub]
+
+    def write(self, store, index, value):
+        part = jax.tree.map(
+            lambda s, v: s.at[index.entry].set(v), self._part(store, index), value
+        )
+        if self.size == 1:
+            return part
+        return (*store[: index.sub], part, *store[index.sub + 1 :])
+
+    def read(self, store, index):
+        return jax.tree.map(lambda s: s[index.entry], self._part(store, index))
+
+    def as_layers(self, store):
+        if self.size == 1:
+            return store
+        skeleton = eqx.filter(self.stack, lambda _: False)
+        return eqx.tree_at(lambda block: block.layers, skeleton, store)
+
+
+class ScannedSegments(AbstractSegments):
+    """Segments of `k` stack entries: `q` full ones, scanned, then a tail of `r`."""
+
+    layout: Scanned
+    k: int = eqx.field(static=True)
+
+    def _counts(self) -> tuple[int, int]:
+        return divmod(self.layout.length, self.k)
+
+    def __len__(self) -> int:
+        q, r = self._counts()
+        return q + (r > 0)
+
+    def _part(self, first, count: int) -> Scanned:
+        dynamic, static = self.layout._split()
+        if isinstance(first, int):
+            picked = jax.tree.map(lambda a: a[first : first + count], dynamic)
+        else:
+            picked = jax.tree.map(
+                lambda a: jax.lax.dynamic_slice_in_dim(a, first, count), dynamic
+            )
+        start = self.layout.start + first
+        return Scanned(eqx.combine(picked, static), count, self.layout.size, start)
+
+    def scan(self, step, init, *, reverse=False):
+        q, r = self._counts()
+        k = self.k
+
+        def full(carry, j):
+            return step(carry, self._part(j * k, k), j), None
+
+        def head(carry):
+            if q == 0:
+                return carry
+            return jax.lax.scan(full, carry, jnp.arange(q), reverse=reverse)[0]
+
+        def tail(carry):
+            return step(carry, self._part(q * k, r), q) if r else carry
+
+        return head(tail(init)) if reverse else tail(head(init))
+
+    def zeros(self, make, carry):
+        return _zeros(jax.eval_shape(make, carry), (len(self),))
+
+    def write(self, store, j, value):
+        return jax.tree.map(lambda s, v: s.at[j].set(v), store, value)
+
+    def read(self, store, j):
+        return jax.tree.map(lambda s: s[j], store)
