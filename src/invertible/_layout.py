@@ -313,43 +313,61 @@ class Scanned(AbstractLayout):
 
 
 class ScannedSegments(AbstractSegments):
-    """Segments of `k` stack entries: `q` full ones, scanned, then a tail of `r`."""
+    """Segments of `k` stack entries: `q` full ones, scanned, then a tail of `r`.
 
-    layout: Scanned
+    The parameters are cut into segments here, once, outside any function that a
+    method differentiates or checkpoints: the segments' parameters then reach the
+    scan as its `xs`, which JAX forwards as they are; cut inside, they would be
+    intermediates, and a copy of every layer's parameters would be kept as
+    residuals (measured)."""
+
+    head: Any  # the first q * k entries, with leading axes (q, k)
+    tail: Any  # the last r entries, or None
+    static: Any = eqx.field(static=True)
     k: int = eqx.field(static=True)
+    q: int = eqx.field(static=True)
+    r: int = eqx.field(static=True)
+    size: int = eqx.field(static=True)
+    start: Any
 
-    def _counts(self) -> tuple[int, int]:
-        return divmod(self.layout.length, self.k)
+    def __init__(self, layout: Scanned, k: int):
+        q, r = divmod(layout.length, k)
+        dynamic, self.static = layout._split()
+        self.head = jax.tree.map(
+            lambda a: a[: q * k].reshape(q, k, *a.shape[1:]), dynamic
+        )
+        self.tail = jax.tree.map(lambda a: a[q * k :], dynamic) if r else None
+        self.k, self.q, self.r, self.size, self.start = (
+            k,
+            q,
+            r,
+            layout.size,
+            layout.start,
+        )
 
     def __len__(self) -> int:
-        q, r = self._counts()
-        return q + (r > 0)
+        return self.q + (self.r > 0)
 
-    def _part(self, first, count: int) -> Scanned:
-        dynamic, static = self.layout._split()
-        if isinstance(first, int):
-            picked = jax.tree.map(lambda a: a[first : first + count], dynamic)
-        else:
-            picked = jax.tree.map(
-                lambda a: jax.lax.dynamic_slice_in_dim(a, first, count), dynamic
-            )
-        start = self.layout.start + first
-        return Scanned(eqx.combine(picked, static), count, self.layout.size, start)
+    def _segment(self, params, length: int, start) -> Scanned:
+        return Scanned(eqx.combine(params, self.static), length, self.size, start)
 
     def scan(self, step, init, *, reverse=False):
-        q, r = self._counts()
-        k = self.k
+        q, r, k = self.q, self.r, self.k
 
-        def full(carry, j):
-            return step(carry, self._part(j * k, k), j), None
+        def full(carry, item):
+            params, j = item
+            return step(carry, self._segment(params, k, self.start + j * k), j), None
 
         def head(carry):
             if q == 0:
                 return carry
-            return jax.lax.scan(full, carry, jnp.arange(q), reverse=reverse)[0]
+            items = (self.head, jnp.arange(q))
+            return jax.lax.scan(full, carry, items, reverse=reverse)[0]
 
         def tail(carry):
-            return step(carry, self._part(q * k, r), q) if r else carry
+            if not r:
+                return carry
+            return step(carry, self._segment(self.tail, r, self.start + q * k), q)
 
         return head(tail(init)) if reverse else tail(head(init))
 
