@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import invertible as inv
-from invertible._check_layer import _random_like
 
 Kind = Literal["invertible", "right-invertible", "fragment"]
 
@@ -115,10 +114,23 @@ def _actnorm(key, shape):
     return eqx.tree_at(lambda a: (a.bias, a.log_scale), layer, random)
 
 
+def _random_lu_scale(layer, key):
+    """An LU-parametrised layer with a random diagonal, so that `log |det W|` is
+    not the 0 of its orthogonal initialisation."""
+    n = layer.weight.log_scale.shape[0]
+    return eqx.tree_at(lambda a: a.weight.log_scale, layer, 0.3 * jr.normal(key, (n,)))
+
+
+def _linear(key, shape):
+    k_layer, k_scale = jr.split(key)
+    return _random_lu_scale(inv.InvertibleLinear(shape[0], key=k_layer), k_scale)
+
+
 def _conv1x1(key, shape):
-    k_layer, k_bias = jr.split(key)
+    k_layer, k_bias, k_scale = jr.split(key, 3)
     layer = inv.Invertible1x1Conv(shape[0], use_bias=True, key=k_layer)
-    return eqx.tree_at(lambda a: a.bias, layer, jr.normal(k_bias, (shape[0],)))
+    layer = eqx.tree_at(lambda a: a.bias, layer, jr.normal(k_bias, (shape[0],)))
+    return _random_lu_scale(layer, k_scale)
 
 
 REGISTRY += [
@@ -136,12 +148,7 @@ REGISTRY += [
         shapes(),
     ),
     LayerEntry("Asinh", "invertible", lambda key, shape: inv.Asinh(), shapes()),
-    LayerEntry(
-        "InvertibleLinear",
-        "invertible",
-        lambda key, shape: inv.InvertibleLinear(shape[0], key=key),
-        shapes(images=False),
-    ),
+    LayerEntry("InvertibleLinear", "invertible", _linear, shapes(images=False)),
     LayerEntry(
         "Invertible1x1Conv",
         "invertible",
@@ -163,8 +170,41 @@ def to_float64(tree):
     return cast(tree, jnp.float64)
 
 
-# Random cotangents the way `invertible.check_layer` draws them.
-random_like = _random_like
+def random_like(key, tree):
+    """Standard normal arrays shaped like the leaves of `tree`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jr.split(key, len(leaves))
+    draws = [jr.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, draws)
+
+
+def relative_error(grads, reference) -> float:
+    """Worst leaf of ‖g - ref‖ / ‖ref‖, in float64."""
+    errors = [
+        float(jnp.linalg.norm((g.astype(jnp.float64) - r).ravel()))
+        / max(float(jnp.linalg.norm(r.ravel())), 1e-300)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference), strict=True)
+    ]
+    return max(errors)
+
+
+def mlp_couplings(depth, *, features, width, activation=jax.nn.relu, key):
+    """A `Sequential` of additive couplings with one-hidden-layer MLP residuals."""
+    half = features // 2
+    keys = jr.split(key, depth)
+    return inv.Sequential(
+        [
+            inv.AdditiveCoupling(
+                eqx.nn.MLP(half, half, width, 1, activation=activation, key=k),
+                swap=True,
+            )
+            for k in keys
+        ]
+    )
+
+
+def squared_loss(model, x):
+    return jnp.mean(jax.vmap(model)(x) ** 2)
 
 
 def ones(*shape, dtype=jnp.float64):

@@ -7,10 +7,15 @@ import jax.random as jr
 import pytest
 
 import invertible as inv
-from helpers import assert_close, cast, to_float64
+from helpers import (
+    assert_close,
+    cast,
+    mlp_couplings,
+    relative_error,
+    squared_loss,
+    to_float64,
+)
 from invertible import grad as G
-from invertible.bench._measure import relative_error
-from invertible.bench._models import mlp_couplings, squared_loss
 
 
 def _small_model():

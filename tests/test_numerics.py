@@ -24,9 +24,8 @@ import jax.random as jr
 import pytest
 
 import invertible as inv
-from helpers import cast
+from helpers import cast, relative_error
 from invertible import grad as G
-from invertible.bench._measure import relative_error
 
 
 def _mlp(key, half, out=None):

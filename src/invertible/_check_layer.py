@@ -1,5 +1,7 @@
-"""`check_layer`: test a layer's `inverse_jvp`, `inverse` and `fragment` by autodiff."""
+"""`check_layer`: test a layer's `inverse_jvp`, `inverse`, `fragment` and log-dets by
+autodiff, at several inputs."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -8,7 +10,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._carry import is_invertible, is_submersive, needs_fragment
+from ._abstract import DENSE_LOG_DET_LIMIT, AbstractInvertible, AbstractSubmersive
+from ._carry import is_chain, is_invertible, is_submersive, needs_fragment
 from ._checks import check_float, layer_name
 
 # Default (rtol, atol) by the itemsize of the input's dtype. An output passes when
@@ -17,7 +20,8 @@ from ._checks import check_float, layer_name
 _TOLERANCES = {8: (1e-7, 1e-10), 4: (1e-3, 1e-6), 2: (3e-2, 1e-3)}
 
 
-def _random_like(key: PRNGKeyArray, tree: PyTree[Array]) -> PyTree[Array]:
+def random_like(key: PRNGKeyArray, tree: PyTree[Array]) -> PyTree[Array]:
+    """Standard normal arrays shaped like the leaves of `tree`."""
     leaves, treedef = jax.tree.flatten(tree)
     keys = jr.split(key, len(leaves))
     return jax.tree.unflatten(
@@ -34,19 +38,35 @@ def _form(tree: PyTree[Array]) -> tuple:
     return treedef, [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
 
 
-@eqx.filter_jit
-def _evaluate(layer: Any, x: Array, key: PRNGKeyArray) -> dict[str, tuple]:
-    """Pairs `(got, want)` for every property, computed under one `jit`."""
-    k1, k2 = jr.split(key)
+def has_log_det(layer: Any) -> bool:
+    """Whether `forward_and_log_det` is defined: an invertible layer, or a
+    submersive one that overrides it (such as `invertible.FactorOut`)."""
+    if is_chain(layer):
+        return all(map(has_log_det, layer.layout.layer_types()))
+    if isinstance(layer, AbstractInvertible):
+        return True
+    own = getattr(type(layer), "forward_and_log_det", None)
+    return isinstance(layer, AbstractSubmersive) and (
+        own is not AbstractSubmersive.forward_and_log_det
+    )
+
+
+def _analytic_log_det(layer: Any) -> bool:
+    return type(layer).forward_and_log_det is not AbstractInvertible.forward_and_log_det
+
+
+def _pairs(layer: Any, x: Array, key: PRNGKeyArray) -> dict[str, tuple]:
+    """Pairs `(got, want)` for every property at one input."""
+    k1, k2, k3 = jr.split(key, 3)
     y, vjp = jax.vjp(layer, x)
-    ct_y = _random_like(k1, y)
+    ct_y = random_like(k1, y)
     (ct_x,) = vjp(ct_y)
     pairs = {}
     if needs_fragment(layer):
         fragment = layer.fragment(x, ct_y)
         y_out, ct_y_out = layer.inverse_jvp(x, ct_x, fragment)
         # Linearity of the fragment in ct_y, on a random combination.
-        other = _random_like(k2, y)
+        other = random_like(k2, y)
         combined = jax.tree.map(lambda a, b: 2.0 * a - 3.0 * b, ct_y, other)
         want = jax.tree.map(
             lambda a, b: 2.0 * a - 3.0 * b, fragment, layer.fragment(x, other)
@@ -61,33 +81,65 @@ def _evaluate(layer: Any, x: Array, key: PRNGKeyArray) -> dict[str, tuple]:
         pairs["vjp(inverse_jvp ct_y) == ct_x"] = (ct_x_again, ct_x)
     if is_invertible(layer):
         pairs["inverse(layer(x)) == x"] = (layer.inverse(y), x)
+    if has_log_det(layer) and (
+        _analytic_log_det(layer) or x.size <= DENSE_LOG_DET_LIMIT
+    ):
+        _log_det_pairs(layer, x, y, k3, pairs)
     return pairs
 
 
-def _worst(got: PyTree[Array], want: PyTree[Array]) -> tuple[float, float, str]:
-    """`(max |got - want|, max |want|, problem)`; `problem` is "" if comparable."""
-    got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+def _log_det_pairs(layer, x, y, key, pairs) -> None:
+    (y_ld, log_det), vjp = jax.vjp(layer.forward_and_log_det, x)
+    pairs["forward_and_log_det output y == layer(x)"] = (y_ld, y)
+    ct_y = random_like(key, y)
+    ct_log_det = jr.normal(jr.fold_in(key, 1), (), log_det.dtype)
+    (ct_x,) = vjp((ct_y, ct_log_det))
+    y_out, log_det_out, ct_y_out = layer.inverse_jvp_and_log_det(x, ct_x, ct_log_det)
+    pairs["inverse_jvp_and_log_det log_det"] = (log_det_out, log_det)
+    pairs["inverse_jvp_and_log_det ct_y (augmented vijp)"] = (ct_y_out, ct_y)
+    if is_invertible(layer):
+        x_back, inverse_log_det = layer.inverse_and_log_det(y)
+        pairs["inverse_and_log_det == (x, -log_det)"] = (
+            (x_back, inverse_log_det),
+            (x, -log_det),
+        )
+        if x.size <= DENSE_LOG_DET_LIMIT and _analytic_log_det(layer):
+            flat = x.reshape(-1)
+            jacobian = jax.jacfwd(lambda f: layer(f.reshape(x.shape)).reshape(-1))(flat)
+            pairs["log_det == slogdet(dense Jacobian)"] = (
+                log_det,
+                jnp.linalg.slogdet(jacobian)[1],
+            )
+
+
+@eqx.filter_jit
+def _evaluate(layer: Any, xs: Array, key: PRNGKeyArray) -> dict[str, Any]:
+    """The pairs at every input of `xs` (stacked on axis 0), under one `jit`;
+    for each property, per input, `(max |got - want|, max |want|)`, or a string
+    describing a mismatch of structure."""
+    keys = jr.split(key, xs.shape[0])
+    pairs = jax.vmap(lambda x, k: _pairs(layer, x, k))(xs, keys)
+    return {what: _errors(*pair) for what, pair in pairs.items()}
+
+
+def _errors(got: PyTree[Array], want: PyTree[Array]):
     if jax.tree.structure(got) != jax.tree.structure(want):
         return (
-            0.0,
-            0.0,
-            (
-                f"structure {jax.tree.structure(got)}, expected "
-                f"{jax.tree.structure(want)}"
-            ),
+            f"structure {jax.tree.structure(got)}, expected {jax.tree.structure(want)}"
         )
-    error, scale = 0.0, 0.0
-    for a, b in zip(got_leaves, want_leaves, strict=True):
+    errors, scales = [], []
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         if a.shape != b.shape or a.dtype != b.dtype:
             return (
-                0.0,
-                0.0,
-                (f"shape/dtype {a.shape}/{a.dtype}, expected {b.shape}/{b.dtype}"),
+                f"shape/dtype {a.shape[1:]}/{a.dtype}, expected {b.shape[1:]}/{b.dtype}"
             )
         if a.size:
-            error = max(error, float(jnp.max(jnp.abs(a - b))))
-            scale = max(scale, float(jnp.max(jnp.abs(b))))
-    return error, scale, ""
+            axes = tuple(range(1, a.ndim))
+            errors.append(jnp.max(jnp.abs(a - b), axis=axes))
+            scales.append(jnp.max(jnp.abs(b), axis=axes))
+    if not errors:
+        return None
+    return jnp.max(jnp.stack(errors), axis=0), jnp.max(jnp.stack(scales), axis=0)
 
 
 def check_layer(
@@ -97,10 +149,13 @@ def check_layer(
     key: PRNGKeyArray | None = None,
     rtol: float | None = None,
     atol: float | None = None,
+    scales: Sequence[float] = (1.0, 0.1, 3.0),
+    random_inputs: bool = True,
 ) -> dict[str, float]:
-    """Check a layer's `inverse_jvp` (and `inverse`, `fragment`) against autodiff.
+    """Check a layer's `inverse_jvp` (and `inverse`, `fragment`, log-dets) against
+    autodiff, at several inputs.
 
-    Run it on your own layer before training with it. At the input `x`, with a
+    Run it on your own layer before training with it. At each input, with a
     random output cotangent `ct_y` and `ct_x = vjp(ct_y)` (so that right-invertible
     layers are covered too), it checks that
 
@@ -109,9 +164,17 @@ def check_layer(
     - `inverse(layer(x)) == x`, for an invertible layer;
     - for an `AbstractNonSubmersive` layer, that `inverse_jvp(x, ct_x,
       fragment(x, ct_y))` gives back `ct_y` and that `fragment` is linear in
-      `ct_y`.
+      `ct_y`;
+    - for a layer with a log-determinant: that `forward_and_log_det` returns
+      `layer(x)`, that `inverse_jvp_and_log_det` inverts the vjp of the pair
+      `(y, log_det)`, that `inverse_and_log_det` returns `(x, -log_det)` and, for
+      inputs of at most 1024 entries, that an analytic `log_det` equals
+      `slogdet` of the dense Jacobian.
 
-    A value passes when `max|got - want| <= atol + rtol * max|want|`.
+    The inputs are `x` and a standard normal draw of its shape, each times every
+    entry of `scales`: a wrong vijp often hides at one point (near zero, or
+    where an activation does not bend) and shows at another. A value passes when
+    `max|got - want| <= atol + rtol * max|want|` at every input.
 
     **Arguments:**
 
@@ -119,20 +182,24 @@ def check_layer(
       or `invertible.AbstractNonSubmersive` layer, or a submersive `Sequential`.
     - `x`: one input example, floating point. Use float64
       (`jax.config.update("jax_enable_x64", True)`) for the most telling check.
-    - `key`: a `jax.random.PRNGKey` for the random cotangents; `PRNGKey(0)` if left
-      out.
+    - `key`: a `jax.random.PRNGKey` for the random inputs and cotangents;
+      `PRNGKey(0)` if left out.
     - `rtol`, `atol`: tolerances; by default by the dtype of `x`: `1e-7, 1e-10` in
       float64, `1e-3, 1e-6` in float32, `3e-2, 1e-3` in 16 bits.
+    - `scales`: the factors applied to each input.
+    - `random_inputs`: whether to add the random input (turn it off for a layer
+      defined on part of the space only, and pass inputs from that part).
 
     **Returns:**
 
-    A dict from each property checked to its relative error,
+    A dict from each property checked to its worst relative error over the inputs,
     `max|got - want| / max|want|`.
 
     **Raises:**
 
-    `AssertionError`, naming the layer, the property and the worst error, if a
-    property fails; `TypeError` if `layer` has no `inverse_jvp` to check.
+    `AssertionError`, naming the layer, the property, the input and the worst
+    error, if a property fails; `TypeError` if `layer` has no `inverse_jvp` to
+    check.
     """
     name = layer_name(layer)
     if not (is_submersive(layer) or needs_fragment(layer)):
@@ -149,18 +216,30 @@ def check_layer(
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
     key = jr.key(0) if key is None else key
+    draw, key = jr.split(key)
+    bases = [("x", x)]
+    if random_inputs:
+        bases.append(("a standard normal input", jr.normal(draw, x.shape, x.dtype)))
+    inputs = [(f"{what} times {s:g}", base * s) for what, base in bases for s in scales]
+    xs = jnp.stack([value for _, value in inputs])
     report, failures = {}, []
-    for what, (got, want) in _evaluate(layer, x, key).items():
-        error, scale, problem = _worst(got, want)
-        if problem:
-            failures.append(f"  - {what}: wrong {problem}")
+    for what, result in _evaluate(layer, xs, key).items():
+        if result is None:
             continue
-        report[what] = error / scale if scale else error
-        if error > atol + rtol * scale:
-            failures.append(
-                f"  - {what}: worst error {error:.3g} (relative {report[what]:.3g}) "
-                f"exceeds atol + rtol * {scale:.3g} with rtol={rtol:g}, atol={atol:g}"
-            )
+        if isinstance(result, str):
+            failures.append(f"  - {what}: wrong {result}")
+            continue
+        errors, sizes = (jnp.asarray(r).tolist() for r in result)
+        relative = [e / s if s else e for e, s in zip(errors, sizes, strict=True)]
+        report[what] = max(relative)
+        for (where, _), error, size in zip(inputs, errors, sizes, strict=True):
+            if not error <= atol + rtol * size:  # NaN fails too
+                failures.append(
+                    f"  - {what}, at {where}: worst error {error:.3g} (relative "
+                    f"{error / size if size else error:.3g}) exceeds atol + rtol * "
+                    f"{size:.3g} with rtol={rtol:g}, atol={atol:g}"
+                )
+                break
     if failures:
         raise AssertionError(
             f"check_layer: {name} fails at input shape {x.shape} ({x.dtype}):\n"

@@ -6,9 +6,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractInvertible, AbstractNonSubmersive
 from .._checks import check_input, check_same_shape
+from ._log_det import AbstractFlatLogDet
 
 
-class LeakyReLU(AbstractInvertible):
+class LeakyReLU(AbstractFlatLogDet):
     """`y = x` for `x >= 0`, `y = a x` otherwise, with slope `a > 0`: invertible."""
 
     negative_slope: float = eqx.field(static=True)
@@ -26,6 +27,10 @@ class LeakyReLU(AbstractInvertible):
                 f"{negative_slope}. For a zero slope use `invertible.ReLU`."
             )
         self.negative_slope = float(negative_slope)
+
+    def log_abs_det(self, x: Float[Array, "*shape"]) -> Float[Array, ""]:
+        """`log a` times the number of negative entries."""
+        return jnp.sum(jnp.log(self._slope(x)))
 
     def _slope(self, x: Array) -> Array:
         return jnp.where(x >= 0, 1.0, self.negative_slope).astype(x.dtype)
@@ -152,3 +157,29 @@ class Asinh(AbstractInvertible):
         check_input(self, x)
         check_same_shape(self, x, ct_x, "x", "ct_x")
         return jnp.arcsinh(x), ct_x * jnp.hypot(jnp.ones_like(x), x)
+
+    def forward_and_log_det(
+        self, x: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "*shape"], Float[Array, ""]]:
+        check_input(self, x)
+        return jnp.arcsinh(x), -0.5 * jnp.sum(jnp.log1p(x**2))
+
+    def inverse_and_log_det(
+        self, y: Float[Array, "*shape"], *, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "*shape"], Float[Array, ""]]:
+        x = self.inverse(y)
+        return x, 0.5 * jnp.sum(jnp.log1p(x**2))
+
+    def inverse_jvp_and_log_det(
+        self,
+        x: Float[Array, "*shape"],
+        ct_x: Float[Array, "*shape"],
+        ct_log_det: Float[Array, ""],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "*shape"], Float[Array, ""], Float[Array, "*shape"]]:
+        # log_det = -Σ log(1 + x²) / 2, whose gradient is -x / (1 + x²).
+        check_same_shape(self, x, ct_x, "x", "ct_x")
+        y, log_det = self.forward_and_log_det(x)
+        ct = ct_x + ct_log_det * x / (1 + x**2)
+        return y, log_det, ct * jnp.hypot(jnp.ones_like(x), x)

@@ -4,11 +4,11 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._abstract import AbstractInvertible
 from .._checks import check_input, check_same_shape, layer_name
+from ._log_det import AbstractFlatLogDet
 
 
-class ActNorm(AbstractInvertible):
+class ActNorm(AbstractFlatLogDet):
     """`y = (x + bias) · exp(log_scale)`, per channel (Glow, Kingma & Dhariwal 2018).
 
     The channel is the first axis: the layer acts on images `(C, H, W)`, vectors
@@ -80,6 +80,11 @@ class ActNorm(AbstractInvertible):
                 f"{layer_name(self)}: expected an {what} of shape ({self.channels}, "
                 f"...) (one entry per channel on the first axis), got shape {x.shape}."
             )
+
+    def log_abs_det(self, x: Float[Array, "channels *rest"]) -> Float[Array, ""]:
+        """`Σ log_scale` times the number of entries per channel."""
+        self._check(x)
+        return jnp.sum(self.log_scale) * (x.size // self.channels)
 
     def _per_channel(self, p: Array, x: Array) -> Array:
         return p.reshape((self.channels,) + (1,) * (x.ndim - 1))

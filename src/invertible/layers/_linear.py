@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._abstract import AbstractInvertible
 from .._checks import check_input
+from ._log_det import AbstractFlatLogDet
 from ._lu import LUMatrix
 
 
@@ -20,7 +20,7 @@ def _check_size(name: str, size: int) -> int:
     return size
 
 
-class InvertibleLinear(AbstractInvertible):
+class InvertibleLinear(AbstractFlatLogDet):
     """`y = W x + b` on a vector, with `W` kept invertible by its LU parametrisation.
 
     `W = P L (U + diag(sign · exp(log_scale)))` (Glow, Kingma & Dhariwal 2018): `P` a
@@ -63,6 +63,10 @@ class InvertibleLinear(AbstractInvertible):
             self, x, shape=(self.features,), describe=f"({self.features},)", what=what
         )
 
+    def log_abs_det(self, x: Float[Array, " features"]) -> Float[Array, ""]:
+        """`log |det W|`, the sum of the LU diagonal's `log_scale`."""
+        return self.weight.log_abs_det()
+
     def __call__(
         self, x: Float[Array, " features"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, " features"]:
@@ -88,7 +92,7 @@ class InvertibleLinear(AbstractInvertible):
         return self(x), self.weight.solve_transpose(ct_x)
 
 
-class Invertible1x1Conv(AbstractInvertible):
+class Invertible1x1Conv(AbstractFlatLogDet):
     """Glow's invertible 1x1 convolution: `y[:, h, w] = W x[:, h, w]` at every pixel.
 
     `W` is a `channels × channels` matrix with the LU parametrisation of
@@ -127,6 +131,11 @@ class Invertible1x1Conv(AbstractInvertible):
             describe=f"({self.channels}, height, width)",
             what=what,
         )
+
+    def log_abs_det(self, x: Float[Array, "channels height width"]) -> Float[Array, ""]:
+        """`height · width · log |det W|`: the matrix acts at every pixel."""
+        self._check(x)
+        return self.weight.log_abs_det() * (x.shape[1] * x.shape[2])
 
     def _bias(self, x: Array) -> Array:
         return self.bias.reshape(_bias_shape(x))

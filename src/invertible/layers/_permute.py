@@ -9,11 +9,11 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._abstract import AbstractInvertible
 from .._checks import check_input, check_same_shape, layer_name
+from ._log_det import AbstractFlatLogDet
 
 
-class Permute(AbstractInvertible):
+class Permute(AbstractFlatLogDet):
     """`y = x[permutation]`: a fixed reordering of the first axis.
 
     Acts on the channels of an image `(C, H, W)` or the features of a vector `(C,)`
@@ -118,6 +118,10 @@ class Permute(AbstractInvertible):
         A `Permute` with a random permutation of `0, ..., C - 1`.
         """
         return cls(jr.permutation(key, _size(channels)))
+
+    def log_abs_det(self, x: Float[Array, "channels *rest"]) -> Float[Array, ""]:
+        """0: a permutation preserves volume."""
+        return jnp.zeros((), jnp.result_type(x))
 
     def _check(self, x: Array, what: str = "input") -> None:
         n = self.permutation.shape[0]

@@ -1,9 +1,10 @@
 """Invertible rearrangements of an image's pixels."""
 
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._abstract import AbstractInvertible
 from .._checks import check_input, check_same_shape, layer_name
+from ._log_det import AbstractFlatLogDet
 
 
 def _space_to_depth(x: Array) -> Array:
@@ -18,7 +19,7 @@ def _depth_to_space(y: Array) -> Array:
     return y.transpose(2, 3, 0, 4, 1).reshape(c4 // 4, 2 * h, 2 * w)
 
 
-class Squeeze(AbstractInvertible):
+class Squeeze(AbstractFlatLogDet):
     """The squeeze ψ of i-RevNet and Glow (space-to-depth): `(C, H, W) -> (4C, H/2,
     W/2)`.
 
@@ -31,6 +32,10 @@ class Squeeze(AbstractInvertible):
     A fixed permutation of the entries, hence orthogonal: the vijp applies the same
     rearrangement to the cotangent. `H` and `W` must be even.
     """
+
+    def log_abs_det(self, x: Float[Array, "channels height width"]) -> Float[Array, ""]:
+        """0: a rearrangement of the entries."""
+        return jnp.zeros((), jnp.result_type(x))
 
     def _check(self, x: Array, what: str = "input") -> None:
         check_input(self, x, ndim=3, describe="(channels, height, width)", what=what)

@@ -182,6 +182,27 @@ class _Chain(AbstractChain):
 
         `(y, ct_y)` with `y == self(x)` and `vjp(self, x)(ct_y) == ct_x`.
         """
+        return self._vijp(x, ct_x, None, fragments, key, condition)[::2]
+
+    def inverse_jvp_and_log_det(
+        self,
+        x: Float[Array, "..."],
+        ct_x: Float[Array, "..."],
+        ct_log_det: Float[Array, ""],
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> tuple[Float[Array, "..."], Float[Array, ""], Float[Array, "..."]]:
+        """The vijp of the chain with its log-det (see
+        `AbstractSubmersive.inverse_jvp_and_log_det`), layer by layer.
+
+        **Returns:**
+
+        `(y, log_det, ct_y)`.
+        """
+        return self._vijp(x, ct_x, ct_log_det, None, key, condition)
+
+    def _vijp(self, x, ct_x, ct_log_det, fragments, key, condition):
         layout = self.layout
         if fragments is None:
             bad = _describe(layout.layer_types(), needs_fragment)
@@ -199,10 +220,11 @@ class _Chain(AbstractChain):
         def step(state, layer, index):
             carry, ct = state
             piece = None if fragments is None else layout.read(fragments, index)
-            return inverse_jvp(layer, carry, ct, None, piece, index=index)
+            return inverse_jvp(layer, carry, ct, ct_log_det, piece, index=index)
 
-        carry, ct_y = layout.scan(step, (Carry(x, None, key, None, condition), ct_x))
-        return carry.x, ct_y
+        start = None if ct_log_det is None else jnp.zeros((), jnp.result_type(x))
+        carry, ct_y = layout.scan(step, (Carry(x, start, key, None, condition), ct_x))
+        return carry.x, carry.log_det, ct_y
 
 
 class Sequential(_Chain, eqx.nn.StatefulLayer):
