@@ -52,14 +52,16 @@ class Batch:
 
 
 class Index(NamedTuple):
-    """Where a layer is. `flat`: its position in the chain, from which its key is
-    derived (`None`: the carry's key as given, for a lone layer); `entry`: its
-    position in the layout's storage (a tuple index, or a stack entry); `sub`: its
-    position within a stacked block (static)."""
+    """Where a layer is. `position`: its place in the chain (an int, or traced in a
+    scan), from which its key is derived; `entry`: its place in the layout's
+    storage (a tuple index, or a stack entry); `sub`: its place within a stacked
+    block (static); `fold_key`: `False` for a lone layer, which gets the carry's
+    key as it was given."""
 
-    flat: Any
+    position: Any
     entry: Any
     sub: int = 0
+    fold_key: bool = True
 
 
 class Carry(eqx.Module):
@@ -134,10 +136,9 @@ def is_known(layer: Any) -> bool:
 
 def layer_key(carry: Carry, index: "Index | int") -> Any:
     """The key of the layer at `index` (an `Index`, or the position in the chain)."""
-    flat = index.flat if isinstance(index, Index) else index
-    if carry.key is None or flat is None:
+    if carry.key is None or (isinstance(index, Index) and not index.fold_key):
         return carry.key
-    return jr.fold_in(carry.key, flat)
+    return jr.fold_in(carry.key, index.position if isinstance(index, Index) else index)
 
 
 def per_example(fn: Callable, carry: Carry, *args, out_axes=0):
@@ -322,6 +323,20 @@ def inverse_jvp_and_grads(
     ct_out = (ct_y, None if diff[1] is None else ct_log_det)
     grads, ct_condition = vjp(ct_out)
     return out, ct_y, grads, ct_condition
+
+
+def input_vjp(layer, carry: Carry, ct_y, ct_log_det=None, *, index):
+    """Reverse mode through one layer with respect to its input alone (parameters
+    and condition held constant): `ct_x` for the output cotangents `ct_y` (and
+    `ct_log_det`)."""
+
+    def primal(x):
+        out = forward(layer, replace(carry, x=x), index)
+        return out.x, out.log_det
+
+    (_, log_det), vjp = jax.vjp(primal, carry.x)
+    (ct_x,) = vjp((ct_y, None if log_det is None else ct_log_det))
+    return ct_x
 
 
 def vjp_and_grads(layer, carry: Carry, ct_y, ct_log_det=None, *, index):

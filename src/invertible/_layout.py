@@ -63,6 +63,15 @@ class AbstractLayout(eqx.Module):
         the layer's input."""
         raise NotImplementedError
 
+    def first_position(self):
+        """The position in the chain of this layout's first layer."""
+        raise NotImplementedError
+
+    def slot(self, index: Index) -> int:
+        """The position in the whole chain's `layer_types()` of the layer at
+        `index` (static, also for a segment's layout)."""
+        raise NotImplementedError
+
     def isolate(self, f: Callable, *args):
         """`f(*args)`, computed as a unit: fenced in straight-line code (see
         `fenced`), as is in a scan body, which already is one."""
@@ -88,6 +97,10 @@ class AbstractSegments(eqx.Module):
     """A layout cut into segments; segment `j` is itself a layout."""
 
     def __len__(self) -> int:
+        raise NotImplementedError
+
+    def starts(self) -> list[int]:
+        """The position in the chain of each segment's first layer."""
         raise NotImplementedError
 
     def scan(
@@ -163,7 +176,7 @@ class Unrolled(AbstractLayout):
 
     def _index(self, i: int) -> Index:
         position = self.start + i
-        return Index(position if self.fold_keys else None, position)
+        return Index(position, position, 0, self.fold_keys)
 
     def scan(self, step, init, *, reverse=False):
         order = range(len(self.layers))
@@ -182,6 +195,12 @@ class Unrolled(AbstractLayout):
 
     def layer_types(self) -> tuple:
         return self.layers
+
+    def slot(self, index):
+        return index.entry
+
+    def first_position(self):
+        return self.start
 
     def zeros(self, make, carry):
         shapes = _walk_shapes(self.layers, make, carry, self._index)
@@ -209,6 +228,9 @@ class UnrolledSegments(AbstractSegments):
 
     def __len__(self) -> int:
         return len(self.parts)
+
+    def starts(self) -> list[int]:
+        return [part.start for part in self.parts]
 
     def scan(self, step, init, *, reverse=False):
         order = range(len(self.parts))
@@ -283,6 +305,12 @@ class Scanned(AbstractLayout):
         first = eqx.combine(jax.tree.map(lambda a: a[0], dynamic), static)
         return _entry_layers(first, self.size)
 
+    def slot(self, index):
+        return index.sub
+
+    def first_position(self):
+        return self.start * self.size
+
     def zeros(self, make, carry):
         shapes = _walk_shapes(self.layer_types(), make, carry, lambda j: Index(j, 0, j))
         stacked = tuple(_zeros(s, (self.length,)) for s in shapes)
@@ -347,6 +375,9 @@ class ScannedSegments(AbstractSegments):
 
     def __len__(self) -> int:
         return self.q + (self.r > 0)
+
+    def starts(self) -> list[int]:
+        return [j * self.k * self.size for j in range(len(self))]
 
     def _segment(self, params, length: int, start) -> Scanned:
         return Scanned(eqx.combine(params, self.static), length, self.size, start)

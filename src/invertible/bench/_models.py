@@ -24,16 +24,23 @@ def _rng(key) -> np.random.Generator:
 
 
 def lecun_normal(model, key=0):
-    """Draw every `eqx.nn.Linear`/`Conv` weight from N(0, 1/fan_in), biases 0.
+    """Draw every `eqx.nn.Linear`/`Conv` weight from N(0, 1/fan_in), biases 0
+    (norm layers: weight 1, bias 0).
 
     `model` may be a skeleton from `eqx.filter_eval_shape` (shapes only) and may
     hold stacked layers (leading axes from `eqx.filter_vmap`); `key` is an int seed
     or a `jax.random` key. Every inexact leaf must belong to such a layer.
     """
     rng = _rng(key)
-    is_layer = lambda m: isinstance(m, eqx.nn.Linear | eqx.nn.Conv)
+    norms = eqx.nn.LayerNorm | eqx.nn.GroupNorm
+    is_layer = lambda m: isinstance(m, eqx.nn.Linear | eqx.nn.Conv | norms)
 
     def draw(layer):
+        if isinstance(layer, norms):  # the identity affine map, as initialised
+            ones = lambda a: jnp.ones(a.shape, "float32")
+            zeros = lambda a: jnp.zeros(a.shape, "float32")
+            affine = (ones(layer.weight), zeros(layer.bias))
+            return eqx.tree_at(lambda m: (m.weight, m.bias), layer, affine)
         # Trailing axes of the weight a single output unit reads: (in,) for a
         # Linear, (in, *kernel) for a Conv; leading axes beyond are stacking.
         linear = isinstance(layer, eqx.nn.Linear)
@@ -55,29 +62,151 @@ def lecun_normal(model, key=0):
     return model
 
 
+def _chain(make, depth: int, scanned: bool, key):
+    """`depth` layers (or blocks) from `make(key)`, as a `ScannedSequential` or a
+    `Sequential`, weights drawn by `lecun_normal`."""
+    shape_key = jax.random.key(0)  # eval_shape reads only its shape
+    if scanned:
+        stack = lambda k: eqx.filter_vmap(make)(jax.random.split(k, depth))
+        skeleton = eqx.filter_eval_shape(stack, shape_key)
+        return inv.ScannedSequential(lecun_normal(skeleton, key))
+    layers = [eqx.filter_eval_shape(make, shape_key) for _ in range(depth)]
+    return lecun_normal(inv.Sequential(layers), key)
+
+
+class PreNorm(eqx.Module):
+    """`f(LayerNorm(x))`: a pre-LayerNorm residual on a vector, or on each token of
+    a `(tokens, features)` sequence."""
+
+    norm: eqx.nn.LayerNorm
+    f: object
+
+    def __call__(self, x, *, key=None):
+        return self.f(jax.vmap(self.norm)(x) if x.ndim == 2 else self.norm(x))
+
+
+class Tokenwise(eqx.Module):
+    """A per-vector module applied to every token of a sequence."""
+
+    f: object
+
+    def __call__(self, x, *, key=None):
+        return jax.vmap(self.f)(x)
+
+
+class SelfAttention(eqx.Module):
+    attention: eqx.nn.MultiheadAttention
+
+    def __call__(self, x, *, key=None):
+        return self.attention(x, x, x)
+
+
+class GroupNormConv(eqx.Module):
+    """GroupNorm -> conv 3x3 -> ReLU -> conv 3x3, on one half of an image."""
+
+    norm: eqx.nn.GroupNorm
+    first: eqx.nn.Conv2d
+    second: eqx.nn.Conv2d
+
+    def __init__(self, channels: int, hidden: int, key):
+        k1, k2 = jax.random.split(key)
+        self.norm = eqx.nn.GroupNorm(min(4, channels), channels)
+        self.first = eqx.nn.Conv2d(channels, hidden, 3, padding=1, key=k1)
+        self.second = eqx.nn.Conv2d(hidden, channels, 3, padding=1, key=k2)
+
+    def __call__(self, x, *, key=None):
+        return self.second(jax.nn.relu(self.first(self.norm(x))))
+
+
 def mlp_couplings(
     depth: int,
     *,
     features: int = 256,
     width: int = 512,
     activation=jax.nn.relu,
+    layer_norm: bool = False,
     scanned: bool = False,
     key=0,
 ):
-    """Additive couplings `y = (x2 + MLP(x1), x1)`, MLP with one hidden layer."""
+    """Additive couplings `y = (x2 + MLP(x1), x1)`, MLP with one hidden layer
+    (behind a LayerNorm with `layer_norm`)."""
     half = features // 2
 
     def coupling(key):
         mlp = eqx.nn.MLP(half, half, width, 1, activation=activation, key=key)
-        return inv.AdditiveCoupling(mlp, swap=True)
+        residual = PreNorm(eqx.nn.LayerNorm(half), mlp) if layer_norm else mlp
+        return inv.AdditiveCoupling(residual, swap=True)
 
-    shape_key = jax.random.key(0)  # eval_shape reads only its shape
+    return _chain(coupling, depth, scanned, key)
+
+
+def conv_couplings(
+    depth: int, *, channels: int = 16, hidden: int = 32, scanned=False, key=0
+):
+    """Additive couplings on images with GroupNorm conv residuals."""
+
+    def coupling(key):
+        residual = GroupNormConv(channels // 2, hidden, key)
+        return inv.AdditiveCoupling(residual, swap=True)
+
+    return _chain(coupling, depth, scanned, key)
+
+
+def transformer(
+    blocks: int,
+    *,
+    features: int = 128,
+    heads: int = 4,
+    expansion: int = 4,
+    scanned: bool = False,
+    key=0,
+):
+    """A reversible transformer on `(tokens, features)`: two streams of
+    `features / 2`, each block an attention coupling then an MLP coupling (GELU),
+    each residual behind a LayerNorm. Scanned, a stack of such blocks."""
+    half = features // 2
+
+    def block(key):
+        k1, k2 = jax.random.split(key)
+        attention = eqx.nn.MultiheadAttention(heads, half, key=k1)
+        mlp = eqx.nn.MLP(half, half, expansion * half, 1, jax.nn.gelu, key=k2)
+        return inv.Sequential(
+            [
+                inv.AdditiveCoupling(
+                    PreNorm(eqx.nn.LayerNorm(half), SelfAttention(attention)), axis=-1
+                ),
+                inv.AdditiveCoupling(
+                    PreNorm(eqx.nn.LayerNorm(half), Tokenwise(mlp)), axis=-1, swap=True
+                ),
+            ]
+        )
+
     if scanned:
-        stack = lambda k: eqx.filter_vmap(coupling)(jax.random.split(k, depth))
-        skeleton = eqx.filter_eval_shape(stack, shape_key)
-        return inv.ScannedSequential(lecun_normal(skeleton, key))
-    layers = [eqx.filter_eval_shape(coupling, shape_key) for _ in range(depth)]
-    return lecun_normal(inv.Sequential(layers), key)
+        return _chain(block, blocks, True, key)
+    chain = _chain(block, blocks, False, key)
+    return inv.Sequential(chain.layers)
+
+
+# The residual kinds of the memory and time benchmarks: a chain of `depth`
+# couplings, and one example's input shape.
+RESIDUALS = {
+    "relu": lambda depth, scanned, size: (
+        mlp_couplings(depth, scanned=scanned, **size),
+        (size["features"],),
+    ),
+    "tanh": lambda depth, scanned, size: (
+        mlp_couplings(depth, activation=jnp.tanh, scanned=scanned, **size),
+        (size["features"],),
+    ),
+    "gelu": lambda depth, scanned, size: (
+        mlp_couplings(depth, activation=jax.nn.gelu, scanned=scanned, **size),
+        (size["features"],),
+    ),
+    "layernorm mlp": lambda depth, scanned, size: (
+        mlp_couplings(depth, layer_norm=True, scanned=scanned, **size),
+        (size["features"],),
+    ),
+}
 
 
 class ConvResidual(eqx.Module):

@@ -22,6 +22,11 @@ from ._api import (
     reversible_grad as reversible_grad,
 )
 from ._checkpointed import Backprop as Backprop, Checkpointed as Checkpointed
+from ._dispatch import (
+    can_rebuild as can_rebuild,
+    keep_inputs as keep_inputs,
+    pack_bits as pack_bits,
+)
 from ._forward import (
     forward_grad as forward_grad,
     projected_forward_grad as projected_forward_grad,

@@ -61,7 +61,11 @@ def filter_value_and_grad(
 
 
 def mixed_grad(
-    fun: Callable = sentinel, *, has_aux: bool = False, anchor_every: int | None = 8
+    fun: Callable = sentinel,
+    *,
+    has_aux: bool = False,
+    anchor_every: int | str | None = "auto",
+    strategy: str = "auto",
 ):
     """Exact gradients by Mixed mode: drop-in for `eqx.filter_grad`.
 
@@ -77,7 +81,8 @@ def mixed_grad(
 
     - `fun`: a scalar function whose first argument is the model.
     - `has_aux`: whether `fun` returns `(value, aux)`.
-    - `anchor_every`: see [`invertible.grad.Mixed`][].
+    - `anchor_every`, `strategy`: see [`invertible.grad.Mixed`][], which says
+      what phase 1 keeps under each strategy and what it costs.
 
     **Returns:**
 
@@ -85,8 +90,8 @@ def mixed_grad(
 
     **Raises:**
 
-    - `ValueError` when `fun` is wrapped, if `anchor_every` is not a positive int
-      or `None`.
+    - `ValueError` when `fun` is wrapped, if `anchor_every` is not a positive int,
+      `"auto"` or `None`, or `strategy` not one of `Mixed`'s.
     - When the returned function is traced: `TypeError` if a layer of a chain is
       neither an `invertible.AbstractSubmersive` nor an
       `invertible.AbstractNonSubmersive`, or if its parameters' dtype differs from
@@ -100,26 +105,23 @@ def mixed_grad(
     Chains compute in their input's dtype, float16 and bfloat16 included, with
     about the accuracy of backprop in that dtype.
     """
-    method = Mixed(anchor_every=anchor_every)
-    return _transform(
-        mixed_grad, fun, method, value=False, has_aux=has_aux, anchor_every=anchor_every
-    )
+    method = Mixed(anchor_every=anchor_every, strategy=strategy)
+    config = dict(has_aux=has_aux, anchor_every=anchor_every, strategy=strategy)
+    return _transform(mixed_grad, fun, method, value=False, **config)
 
 
 def mixed_value_and_grad(
-    fun: Callable = sentinel, *, has_aux: bool = False, anchor_every: int | None = 8
+    fun: Callable = sentinel,
+    *,
+    has_aux: bool = False,
+    anchor_every: int | str | None = "auto",
+    strategy: str = "auto",
 ):
     """As [`invertible.grad.mixed_grad`][], returning `(value, grads)` like
     `eqx.filter_value_and_grad`."""
-    method = Mixed(anchor_every=anchor_every)
-    return _transform(
-        mixed_value_and_grad,
-        fun,
-        method,
-        value=True,
-        has_aux=has_aux,
-        anchor_every=anchor_every,
-    )
+    method = Mixed(anchor_every=anchor_every, strategy=strategy)
+    config = dict(has_aux=has_aux, anchor_every=anchor_every, strategy=strategy)
+    return _transform(mixed_value_and_grad, fun, method, value=True, **config)
 
 
 def moonwalk_grad(

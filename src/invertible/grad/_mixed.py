@@ -1,39 +1,22 @@
-"""Mixed mode: `h_0` by an input-only reverse pass, then the forward sweep.
-
-Phase 1 shares the primal forward pass: the chain is linearised with respect to its
-input alone (parameters held constant), so reverse mode keeps only what the
-*input* path needs (a ReLU mask, never a layer input). Identity taps record the
-anchors (at every segment start) and the fragments during that reverse pass.
-Phase 2 is the forward sweep.
-"""
+"""Mixed mode: the input cotangent (and an anchor per segment) by a reverse pass
+that keeps only what the input path needs (phase 1, `_phase1.py`, planned by
+`_plan.py`), then the forward sweep (`_sweep.py`)."""
 
 import dataclasses
 from typing import ClassVar
 
-import equinox as eqx
-import jax
-
-from .._carry import Carry, forward, fragment, is_known, needs_fragment, replace
+from .._carry import is_known
 from .._checks import positive_int
-from .._layout import AbstractLayout
+from ._phase1 import (
+    linearised_backward,
+    linearised_forward,
+    rebuilt_backward,
+    rebuilt_forward,
+)
+from ._plan import STRATEGIES, anchor_spacing, make_plan
 from ._rule import AbstractRuleMethod, Cotangents
 from ._sweep import sweep
-from ._taps import identity, tap
 from ._validate import require_known
-
-
-def _saveable(primitive, *_, **__) -> bool:
-    # Phase 1 keeps whatever the input path needs, except broadcasts: `jax.nn.relu`'s
-    # JVP rule broadcasts a zero to the layer's width, and keeping it would cost four
-    # times the mask it sits beside. It is recomputed instead.
-    return primitive is not jax.lax.broadcast_in_dim_p
-
-
-def _fragment_shape(layer, carry: Carry):
-    if not needs_fragment(layer):
-        return None
-    y = forward(layer, carry, 0).x
-    return fragment(layer, carry, y, index=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +25,50 @@ class Mixed(AbstractRuleMethod):
 
     **Arguments:**
 
-    - `anchor_every`: record the exact cotangent every this many layers and reset
-      the sweep to it. The vijp recursion multiplies round-off by inverse
-      Jacobians; anchors bound that growth at the cost of one cotangent per
-      `anchor_every` layers. `None` turns anchors off.
+    - `anchor_every`: the length of a segment, in layers. At every segment start
+      phase 1 records the exact cotangent (an *anchor*) and the sweep resets to it:
+      the vijp recursion multiplies round-off by inverse Jacobians, and anchors
+      stop it from compounding past a segment, for one activation per segment.
+      `"auto"`: about √L layers (at least 8). `None`: no anchors.
+    - `strategy`: how phase 1 pays for each layer's input-path reverse pass (per
+      example, with `n` the size of a layer's input):
+
+        - `"auto"` (default): chosen at trace time by counting the bytes each way
+          keeps: residuals (the cheapest of the next three, per layer) when over
+          the chain they cost no more than the anchors, else `"rebuild"` if every
+          layer can be rebuilt (`invertible.grad.can_rebuild`), else
+          `"recompute"` for the segments whose residuals cost more than their
+          start.
+        - `"residuals"`: what the linearisation of the input path keeps (a byte
+          per ReLU unit, a float per unit of a smooth activation, the normalised
+          input of a LayerNorm...). No extra pass.
+        - `"bits"`: the same, with ReLU and leaky-ReLU signs packed into one bit
+          per unit. No extra pass.
+        - `"inputs"`: the input of each layer's expensive part (a coupling's
+          network: `n/2` floats), relinearised in the reverse pass: one extra
+          forward pass.
+        - `"recompute"`: only each segment's input (`n` floats per segment); the
+          reverse pass recomputes the segment, keeping its residuals while it
+          goes back through it: one extra forward pass.
+        - `"rebuild"`: only each segment's input, in the slot its anchor then
+          takes (`n` floats per segment in all); the reverse pass rebuilds every
+          layer's input with `inverse` from the segment's end, checks the rebuilt
+          start against the kept one and recomputes a segment that drifted. One
+          extra pass of inverses. Every layer must be invertible.
     """
 
-    anchor_every: int | None = 8
+    anchor_every: int | str | None = "auto"
+    strategy: str = "auto"
     transform: ClassVar[str] = "mixed_grad"
 
     def __post_init__(self):
-        positive_int("Mixed", "anchor_every", self.anchor_every, optional=True)
+        if self.anchor_every != "auto":
+            positive_int("Mixed", "anchor_every", self.anchor_every, optional=True)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"Mixed: `strategy` must be one of {', '.join(map(repr, STRATEGIES))}, "
+                f"got {self.strategy!r}."
+            )
 
     def handles(self, layer) -> bool:
         return is_known(layer)
@@ -61,46 +77,25 @@ class Mixed(AbstractRuleMethod):
         super().check(layout, carry, name)
         require_known(layout, name)
 
-    def _segments(self, layout: AbstractLayout):
-        return layout.segments(self.anchor_every or len(layout))
+    def plan(self, layout, carry):
+        k = anchor_spacing(self.anchor_every, len(layout))
+        return make_plan(layout, carry, self.strategy, k)
 
     def forward(self, layout, carry):
-        segments = self._segments(layout)
-        anchors = segments.zeros(lambda c: c.x, carry)
-        fragments = layout.zeros(_fragment_shape, carry)
+        plan = self.plan(layout, carry)
+        segments = layout.segments(plan.k)
+        if plan.rebuild:
+            return rebuilt_forward(layout, segments, carry)
+        return linearised_forward(layout, segments, carry, plan)
 
-        def phase1(x, log_det, anchors, fragments):
-            def layer_step(c, layer, index):
-                def apply(c):
-                    out = forward(layer, c, index)
-                    return out.x, out.log_det, out.state
-
-                x, log_det, state = layout.isolate(apply, c)
-                if needs_fragment(layer):
-                    frozen = replace(c, x=jax.lax.stop_gradient(c.x))
-                    capture = eqx.Partial(_capture_fragment, layer, frozen, index)
-                    x = tap((x, layout.read(fragments, index)), capture)
-                return replace(c, x=x, log_det=log_det, state=state)
-
-            def segment_step(c, segment, j):
-                c = replace(c, x=tap((c.x, segments.read(anchors, j)), identity))
-                return segment.scan(layer_step, c)
-
-            out = segments.scan(segment_step, replace(carry, x=x, log_det=log_det))
-            return (out.x, out.log_det), out.state
-
-        linearised = jax.checkpoint(phase1, policy=_saveable)
-        (y, log_det), pullback, state = jax.vjp(
-            linearised, carry.x, carry.log_det, anchors, fragments, has_aux=True
-        )
-        return replace(carry, x=y, log_det=log_det, state=state), pullback
-
-    def backward(self, pullback, ct, layout, carry):
-        h0, ct_log_det, anchors, fragments = pullback(ct)
-        segments = self._segments(layout)
+    def backward(self, residuals, ct, layout, carry):
+        plan = self.plan(layout, carry)
+        segments = layout.segments(plan.k)
+        if plan.rebuild:
+            h0, ct_log_det, anchors, fragments, _ = rebuilt_backward(
+                residuals, ct, layout, segments, carry
+            )
+        else:
+            h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
         grads, ct_condition = sweep(layout, segments, carry, anchors, ct[1], fragments)
         return Cotangents(grads, h0, ct_log_det, ct_condition)
-
-
-def _capture_fragment(layer, carry: Carry, index, ct_y):
-    return fragment(layer, carry, ct_y, index=index)
