@@ -25,6 +25,7 @@ from .layers import (
     Asinh as Asinh,
     AvgPool2d as AvgPool2d,
     ChannelPad as ChannelPad,
+    FactorOut as FactorOut,
     Invertible1x1Conv as Invertible1x1Conv,
     InvertibleLinear as InvertibleLinear,
     KeepChannels as KeepChannels,

@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._checks import layer_name
 from ._method import AbstractMethod, method_for
+from ._signatures import only_taken
 
 if TYPE_CHECKING:
     from ._layout import AbstractLayout
@@ -158,9 +159,12 @@ class AbstractSubmersive(_Lone, eqx.Module):
 
         `(y, log_det, ct_y)`.
         """
-        log_det, vjp = jax.vjp(lambda x: self.forward_and_log_det(x, **kwargs)[1], x)
+        ld_kwargs = only_taken(self, "forward_and_log_det", kwargs)
+        log_det, vjp = jax.vjp(lambda x: self.forward_and_log_det(x, **ld_kwargs)[1], x)
         (through,) = vjp(ct_log_det)
-        y, ct_y = self.inverse_jvp(x, ct_x - through, **kwargs)
+        y, ct_y = self.inverse_jvp(
+            x, ct_x - through, **only_taken(self, "inverse_jvp", kwargs)
+        )
         return y, log_det, ct_y
 
 
@@ -208,6 +212,7 @@ class AbstractInvertible(AbstractSubmersive):
 
         `ValueError` for a larger input: implement `forward_and_log_det`.
         """
+        kwargs = only_taken(self, "__call__", kwargs)
         return self(x, **kwargs), dense_log_det(self, lambda x: self(x, **kwargs), x)
 
     def inverse_and_log_det(
@@ -224,8 +229,9 @@ class AbstractInvertible(AbstractSubmersive):
 
         `(x, log_det)` with `self(x) == y`.
         """
-        x = self.inverse(y, **kwargs)
-        return x, -self.forward_and_log_det(x, **kwargs)[1]
+        x = self.inverse(y, **only_taken(self, "inverse", kwargs))
+        ld_kwargs = only_taken(self, "forward_and_log_det", kwargs)
+        return x, -self.forward_and_log_det(x, **ld_kwargs)[1]
 
 
 def dense_log_det(layer, fn, x: Array) -> Array:

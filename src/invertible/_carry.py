@@ -22,8 +22,6 @@ batch directly.
 """
 
 import dataclasses
-import functools as ft
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,6 +37,7 @@ from ._abstract import (
     AbstractNonSubmersive,
     AbstractSubmersive,
 )
+from ._signatures import takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,29 +168,6 @@ def per_example(fn: Callable, carry: Carry, *args, out_axes=0):
     return mapped(carry.x, carry.log_det, carry.key, carry.condition, *args)
 
 
-def _takes(fn: Callable, keyword: str) -> bool:
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
-
-
-@ft.lru_cache(maxsize=1024)
-def _method_takes(cls: type, method: str, keyword: str) -> bool:
-    return _takes(getattr(cls, method), keyword)
-
-
-def takes(fn: Any, keyword: str, method: str = "__call__") -> bool:
-    """Whether `fn`'s `method` takes the keyword (looked up once per class for
-    modules; a plain function's own signature otherwise)."""
-    if isinstance(fn, eqx.Module):
-        return _method_takes(type(fn), method, keyword)
-    return _takes(fn if method == "__call__" else getattr(fn, method), keyword)
-
-
 def _options(layer: Any, carry: Carry, index, method: str) -> dict:
     """Keyword arguments for one of `layer`'s methods: the per-layer key, the
     condition and (for methods other than `__call__` of stateful layers) the state,
@@ -238,18 +214,32 @@ def forward(layer: Any, carry: Carry, index) -> Carry:
     )
 
 
-def inverse(layer: Any, carry: Carry, index) -> Carry:
-    """`carry` with `x` replaced by the input of the layer whose output it is (and,
-    with a log-det, the inverse's log-det added)."""
+def factors(layer: Any) -> bool:
+    """Whether the layer drops part of its input that its `inverse` needs back
+    (`invertible.FactorOut`: the factored channels)."""
+    return callable(getattr(layer, "factored", None))
 
-    def one(c):
+
+def factored(layer: Any, carry: Carry) -> Array:
+    """The part of the input a factoring layer drops."""
+    return per_example(lambda c: layer.factored(c.x), carry)
+
+
+def inverse(layer: Any, carry: Carry, index, z: Array | None = None) -> Carry:
+    """`carry` with `x` replaced by the input of the layer whose output it is (and,
+    with a log-det, the inverse's log-det added). `z`: the dropped part, for a
+    factoring layer."""
+
+    def one(c, z):
         method = "inverse" if c.log_det is None else "inverse_and_log_det"
         options = _options(layer, c, index, method)
+        if z is not None:
+            options["z"] = z
         if c.log_det is None:
             return layer.inverse(c.x, **options), None
         return layer.inverse_and_log_det(c.x, **options)
 
-    x, log_det = per_example(one, carry)
+    x, log_det = per_example(one, carry, z)
     return replace(
         carry, x=x, log_det=None if log_det is None else carry.log_det + log_det
     )

@@ -27,7 +27,8 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from .._carry import is_invertible, is_stateful, takes
+from .._carry import is_invertible, is_stateful
+from .._signatures import takes
 from ..layers import AdditiveCoupling, AffineCoupling, LeakyReLU
 from ._bits import packed_bits
 

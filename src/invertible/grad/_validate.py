@@ -12,6 +12,7 @@ import jax.tree_util as jtu
 
 from .._carry import (
     Carry,
+    factors,
     forward,
     is_invertible,
     is_known,
@@ -162,7 +163,7 @@ def require_invertible(layout, method: str) -> None:
     _require(
         layout,
         method,
-        is_invertible,
+        lambda layer: is_invertible(layer) or factors(layer),
         TypeError,
         "has no `inverse`, which reversible backprop needs to rebuild its input. "
         "Use `invertible.grad.mixed_grad` instead.",

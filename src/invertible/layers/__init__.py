@@ -7,6 +7,10 @@ from ._coupling import (
     AdditiveCoupling as AdditiveCoupling,
     AffineCoupling as AffineCoupling,
 )
+from ._factor import (
+    FactorOut as FactorOut,
+    standard_normal_log_density as standard_normal_log_density,
+)
 from ._linear import (
     Invertible1x1Conv as Invertible1x1Conv,
     InvertibleLinear as InvertibleLinear,

@@ -184,8 +184,14 @@ class AdditiveCoupling(_Coupling):
         y = join_halves(self, x1, x2 + shift)
         return y, join_halves(self, ct_x1 - through, ct_x2)
 
-    def forward_and_log_det(self, x, **kwargs):
-        return self(x, **kwargs), self._log_det_zero(x)
+    def forward_and_log_det(
+        self,
+        x: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+        condition: Array | None = None,
+    ) -> tuple[Float[Array, "..."], Float[Array, ""]]:
+        return self(x, key=key, condition=condition), self._log_det_zero(x)
 
     def inverse_and_log_det(self, y, **kwargs):
         return self.inverse(y, **kwargs), self._log_det_zero(y)

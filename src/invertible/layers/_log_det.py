@@ -6,6 +6,7 @@ import abc
 from jaxtyping import Array, Float
 
 from .._abstract import AbstractInvertible
+from .._signatures import only_taken
 
 
 class AbstractFlatLogDet(AbstractInvertible):
@@ -20,12 +21,13 @@ class AbstractFlatLogDet(AbstractInvertible):
         """`log |det ∂y/∂x|` at the input `x`."""
 
     def forward_and_log_det(self, x, **kwargs):
-        return self(x, **kwargs), self.log_abs_det(x)
+        return self(x, **only_taken(self, "__call__", kwargs)), self.log_abs_det(x)
 
     def inverse_and_log_det(self, y, **kwargs):
-        x = self.inverse(y, **kwargs)
+        x = self.inverse(y, **only_taken(self, "inverse", kwargs))
         return x, -self.log_abs_det(x)
 
     def inverse_jvp_and_log_det(self, x, ct_x, ct_log_det, **kwargs):
+        kwargs = only_taken(self, "inverse_jvp", kwargs)
         y, ct_y = self.inverse_jvp(x, ct_x, **kwargs)
         return y, self.log_abs_det(x), ct_y

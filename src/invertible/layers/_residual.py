@@ -13,8 +13,9 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._carry import is_stateful, takes
+from .._carry import is_stateful
 from .._checks import layer_name
+from .._signatures import takes
 
 
 def with_condition(layer: object, x: Array, condition: Array, axis: int) -> Array:
