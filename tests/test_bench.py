@@ -134,7 +134,7 @@ def test_memory_quick(tmp_path):
     results = _read(tmp_path, "memory", png="memory_pad8.png")
     (revnet,) = results["revnet"]
     slope = revnet["MB_per_layer_per_block"]
-    assert 0 < slope["mixed"] < 0.5 * slope["backprop"]
+    assert 0 <= slope["mixed"] < 0.5 * slope["backprop"]
     assert abs(slope["reversible"]) < 0.1 * slope["backprop"]  # flat
     deepest = revnet["deepest_within_budget"]
     assert deepest["mixed"] >= 2 * deepest["backprop"]  # the paper's v2 claim

@@ -111,6 +111,9 @@ def test_non_finite_values_stay_visible(method):
             # finite garbage. (So every non-finite entry of backprop's is one of
             # the method's too.)
             assert jnp.all(jnp.isfinite(w) | ~finite), case
+            # And wherever backprop is finite, so is the method: a drifted segment
+            # is repaired, not left as NaN (an all-NaN answer would pass the rest).
+            assert jnp.all(finite | ~jnp.isfinite(w)), case
             assert jnp.allclose(
                 jnp.where(finite, g, 0), jnp.where(finite, w, 0), rtol=1e-8, atol=1e-10
             ), case

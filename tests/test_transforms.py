@@ -253,8 +253,14 @@ class _DoubledVijp(inv.AbstractInvertible):
         return x, 2 * ct_x
 
 
+# Without repair: a repaired sweep would hide the wrong vijp (see test_report.py).
 @pytest.mark.parametrize(
-    "method", [G.moonwalk_grad, G.mixed_grad(anchor_every=None)], ids=repr
+    "method",
+    [
+        G.moonwalk_grad(on_drift="ignore"),
+        G.mixed_grad(anchor_every=None, on_drift="ignore"),
+    ],
+    ids=repr,
 )
 def test_chain_inside_eqx_nn_sequential_uses_the_method(method):
     m = model()

@@ -87,6 +87,20 @@ class AbstractLayout(eqx.Module):
     def read(self, store: PyTree, index: Index) -> PyTree:
         raise NotImplementedError
 
+    def block(self, store: PyTree, segment: "AbstractLayout") -> PyTree:
+        """The part of per-layer storage `store` (of this, the whole chain's,
+        layout) that belongs to `segment`, as the segment's own storage (written
+        with `segment.write(block, segment.local(index), value)`)."""
+        raise NotImplementedError
+
+    def with_block(self, store: PyTree, segment: "AbstractLayout", block) -> PyTree:
+        """`store` with `segment`'s part replaced by `block`."""
+        raise NotImplementedError
+
+    def local(self, index: Index) -> Index:
+        """`index`, counted from this layout's first entry (for its own storage)."""
+        return index._replace(entry=index.entry - self.start)
+
     def as_layers(self, store: PyTree) -> PyTree:
         """Per-layer storage (e.g. gradients) in the structure of the layers the
         chain holds (`Sequential.layers`, `ScannedSequential.layers`)."""
@@ -222,6 +236,13 @@ class Unrolled(AbstractLayout):
     def as_layers(self, store):
         return store
 
+    def block(self, store, segment):
+        return store[segment.start : segment.start + len(segment)]
+
+    def with_block(self, store, segment, block):
+        end = segment.start + len(segment)
+        return (*store[: segment.start], *block, *store[end:])
+
 
 class UnrolledSegments(AbstractSegments):
     parts: tuple
@@ -332,6 +353,14 @@ class Scanned(AbstractLayout):
 
     def read(self, store, index):
         return jax.tree.map(lambda s: s[index.entry], self._part(store, index))
+
+    def block(self, store, segment):
+        take = lambda a: jax.lax.dynamic_slice_in_dim(a, segment.start, segment.length)
+        return jax.tree.map(take, store)
+
+    def with_block(self, store, segment, block):
+        put = lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, segment.start, 0)
+        return jax.tree.map(put, store, block)
 
     def as_layers(self, store):
         if self.size == 1:

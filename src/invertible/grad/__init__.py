@@ -33,5 +33,6 @@ from ._forward import (
 )
 from ._mixed import Mixed as Mixed
 from ._moonwalk import Moonwalk as Moonwalk
+from ._report import ChainReport as ChainReport, Report as Report
 from ._reversible import Reversible as Reversible
 from ._rule import AbstractRuleMethod as AbstractRuleMethod, Cotangents as Cotangents

@@ -16,12 +16,19 @@ def _transform(public: Callable, fun, by: AbstractMethod, *, value: bool, **conf
     form when `fun` is left out."""
     if fun is sentinel:
         return ft.partial(public, **config)
-    has_aux = config.pop("has_aux")
-    return method_transform(fun, by, has_aux=has_aux, value=value, name=public.__name__)
+    has_aux, report = config.pop("has_aux"), config.pop("report", False)
+    name = public.__name__
+    return method_transform(
+        fun, by, has_aux=has_aux, value=value, name=name, report=report
+    )
 
 
 def filter_grad(
-    fun: Callable = sentinel, *, method: AbstractMethod, has_aux: bool = False
+    fun: Callable = sentinel,
+    *,
+    method: AbstractMethod,
+    has_aux: bool = False,
+    report: bool = False,
 ):
     """`eqx.filter_grad`, with every chain differentiated by `method`.
 
@@ -40,24 +47,29 @@ def filter_grad(
       argument; other leaves get `None`.
     - `method`: e.g. `invertible.grad.Mixed(anchor_every=16)`.
     - `has_aux`: whether `fun` returns `(value, aux)`.
+    - `report`: whether to return, besides, an `invertible.grad.Report` of what
+      the methods measured in the backward pass (drift, repairs, vijp errors).
 
     **Returns:**
 
-    A function with the signature of `fun` returning the gradients (and `aux`).
+    A function with the signature of `fun` returning the gradients (and `aux`);
+    with `report=True`, the pair `(that, report)`.
     """
-    return _transform(
-        filter_grad, fun, method, value=False, method=method, has_aux=has_aux
-    )
+    config = dict(method=method, has_aux=has_aux, report=report)
+    return _transform(filter_grad, fun, method, value=False, **config)
 
 
 def filter_value_and_grad(
-    fun: Callable = sentinel, *, method: AbstractMethod, has_aux: bool = False
+    fun: Callable = sentinel,
+    *,
+    method: AbstractMethod,
+    has_aux: bool = False,
+    report: bool = False,
 ):
     """As [`invertible.grad.filter_grad`][], returning `(value, grads)` like
-    `eqx.filter_value_and_grad`."""
-    return _transform(
-        filter_value_and_grad, fun, method, value=True, method=method, has_aux=has_aux
-    )
+    `eqx.filter_value_and_grad` (with `report=True`, `((value, grads), report)`)."""
+    config = dict(method=method, has_aux=has_aux, report=report)
+    return _transform(filter_value_and_grad, fun, method, value=True, **config)
 
 
 def mixed_grad(
@@ -66,6 +78,8 @@ def mixed_grad(
     has_aux: bool = False,
     anchor_every: int | str | None = "auto",
     strategy: str = "auto",
+    on_drift: str = "repair",
+    report: bool = False,
 ):
     """Exact gradients by Mixed mode: drop-in for `eqx.filter_grad`.
 
@@ -81,12 +95,18 @@ def mixed_grad(
 
     - `fun`: a scalar function whose first argument is the model.
     - `has_aux`: whether `fun` returns `(value, aux)`.
-    - `anchor_every`, `strategy`: see [`invertible.grad.Mixed`][], which says
-      what phase 1 keeps under each strategy and what it costs.
+    - `anchor_every`, `strategy`, `on_drift`: see [`invertible.grad.Mixed`][],
+      which says what phase 1 keeps under each strategy and what it costs, and
+      what is done with a segment whose sweep drifted. (For its other options,
+      `filter_grad(fun, method=Mixed(...))`.)
+    - `report`: whether to return, besides, an `invertible.grad.Report`: the
+      drift measured at every segment's end (`report.drift`, the largest), and
+      which segments were redone.
 
     **Returns:**
 
-    A function with the signature of `fun` returning the gradients (and `aux`).
+    A function with the signature of `fun` returning the gradients (and `aux`);
+    with `report=True`, the pair `(that, report)`.
 
     **Raises:**
 
@@ -105,9 +125,9 @@ def mixed_grad(
     Chains compute in their input's dtype, float16 and bfloat16 included, with
     about the accuracy of backprop in that dtype.
     """
-    method = Mixed(anchor_every=anchor_every, strategy=strategy)
-    config = dict(has_aux=has_aux, anchor_every=anchor_every, strategy=strategy)
-    return _transform(mixed_grad, fun, method, value=False, **config)
+    options = dict(anchor_every=anchor_every, strategy=strategy, on_drift=on_drift)
+    config = dict(has_aux=has_aux, report=report, **options)
+    return _transform(mixed_grad, fun, Mixed(**options), value=False, **config)
 
 
 def mixed_value_and_grad(
@@ -116,16 +136,23 @@ def mixed_value_and_grad(
     has_aux: bool = False,
     anchor_every: int | str | None = "auto",
     strategy: str = "auto",
+    on_drift: str = "repair",
+    report: bool = False,
 ):
     """As [`invertible.grad.mixed_grad`][], returning `(value, grads)` like
-    `eqx.filter_value_and_grad`."""
-    method = Mixed(anchor_every=anchor_every, strategy=strategy)
-    config = dict(has_aux=has_aux, anchor_every=anchor_every, strategy=strategy)
-    return _transform(mixed_value_and_grad, fun, method, value=True, **config)
+    `eqx.filter_value_and_grad` (with `report=True`, `((value, grads), report)`)."""
+    options = dict(anchor_every=anchor_every, strategy=strategy, on_drift=on_drift)
+    config = dict(has_aux=has_aux, report=report, **options)
+    return _transform(mixed_value_and_grad, fun, Mixed(**options), value=True, **config)
 
 
 def moonwalk_grad(
-    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 16
+    fun: Callable = sentinel,
+    *,
+    has_aux: bool = False,
+    chunk_size: int | None = 16,
+    on_drift: str = "repair",
+    report: bool = False,
 ):
     """Exact gradients by pure Moonwalk (inverse-forward): no stored activations.
 
@@ -139,11 +166,16 @@ def moonwalk_grad(
 
     - `fun`: a scalar function whose first argument is the model.
     - `has_aux`: whether `fun` returns `(value, aux)`.
-    - `chunk_size`: see [`invertible.grad.Moonwalk`][].
+    - `chunk_size`, `on_drift`: see [`invertible.grad.Moonwalk`][]. The sweep
+      meets an exact cotangent only at the chain's output: a drifted chain is
+      redone by reverse mode (`"repair"`, default; memory still flat, time
+      quadratic in depth), or its gradients poisoned with NaN (`"nan"`).
+    - `report`: as for [`invertible.grad.mixed_grad`][].
 
     **Returns:**
 
-    A function with the signature of `fun` returning the gradients (and `aux`).
+    A function with the signature of `fun` returning the gradients (and `aux`);
+    with `report=True`, the pair `(that, report)`.
 
     **Raises:**
 
@@ -152,25 +184,25 @@ def moonwalk_grad(
     non-submersive layer (use `mixed_grad`), `TypeError` if it holds a layer that
     is not an `invertible.AbstractSubmersive`; otherwise as `mixed_grad`.
     """
-    method = Moonwalk(chunk_size=chunk_size)
-    return _transform(
-        moonwalk_grad, fun, method, value=False, has_aux=has_aux, chunk_size=chunk_size
-    )
+    options = dict(chunk_size=chunk_size, on_drift=on_drift)
+    config = dict(has_aux=has_aux, report=report, **options)
+    return _transform(moonwalk_grad, fun, Moonwalk(**options), value=False, **config)
 
 
 def moonwalk_value_and_grad(
-    fun: Callable = sentinel, *, has_aux: bool = False, chunk_size: int | None = 16
+    fun: Callable = sentinel,
+    *,
+    has_aux: bool = False,
+    chunk_size: int | None = 16,
+    on_drift: str = "repair",
+    report: bool = False,
 ):
-    """As [`invertible.grad.moonwalk_grad`][], returning `(value, grads)`."""
-    method = Moonwalk(chunk_size=chunk_size)
-    return _transform(
-        moonwalk_value_and_grad,
-        fun,
-        method,
-        value=True,
-        has_aux=has_aux,
-        chunk_size=chunk_size,
-    )
+    """As [`invertible.grad.moonwalk_grad`][], returning `(value, grads)` (with
+    `report=True`, `((value, grads), report)`)."""
+    options = dict(chunk_size=chunk_size, on_drift=on_drift)
+    config = dict(has_aux=has_aux, report=report, **options)
+    method = Moonwalk(**options)
+    return _transform(moonwalk_value_and_grad, fun, method, value=True, **config)
 
 
 def checkpointed_grad(

@@ -5,6 +5,8 @@ that keeps only what the input path needs (phase 1, `_phase1.py`, planned by
 import dataclasses
 from typing import ClassVar
 
+import jax.numpy as jnp
+
 from .._carry import is_known
 from .._checks import positive_int
 from ._phase1 import (
@@ -15,7 +17,7 @@ from ._phase1 import (
 )
 from ._plan import STRATEGIES, anchor_spacing, make_plan
 from ._rule import AbstractRuleMethod, Cotangents
-from ._sweep import sweep
+from ._sweep import ON_DRIFT, sweep
 from ._validate import require_known
 
 
@@ -55,15 +57,29 @@ class Mixed(AbstractRuleMethod):
           layer's input with `inverse` from the segment's end, checks the rebuilt
           start against the kept one and recomputes a segment that drifted. One
           extra pass of inverses. Every layer must be invertible.
+    - `on_drift`: at every segment's end the sweep meets an exact cotangent and
+      measures its drift from it. A segment that drifted past `drift_tolerance` is
+      `"repair"`ed (default: redone exactly by reverse mode from its start, in
+      memory that does not grow with its length and time quadratic in it),
+      poisoned with `"nan"`, raises an `"error"` at run time (`eqx.error_if`), or
+      is kept (`"ignore"`).
+    - `drift_tolerance`: by default 16 units of round-off of the chain's dtype
+      (2e-6 in float32).
+    - `check_vijp`: also measure, at every layer, how far its `inverse_jvp` is from
+      inverting its vjp, for the report (one more vjp per layer).
     """
 
     anchor_every: int | str | None = "auto"
     strategy: str = "auto"
+    on_drift: str = "repair"
+    drift_tolerance: float | None = None
+    check_vijp: bool = False
     transform: ClassVar[str] = "mixed_grad"
 
     def __post_init__(self):
         if self.anchor_every != "auto":
             positive_int("Mixed", "anchor_every", self.anchor_every, optional=True)
+        check_on_drift("Mixed", self.on_drift)
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"Mixed: `strategy` must be one of {', '.join(map(repr, STRATEGIES))}, "
@@ -81,6 +97,10 @@ class Mixed(AbstractRuleMethod):
         k = anchor_spacing(self.anchor_every, len(layout))
         return make_plan(layout, carry, self.strategy, k)
 
+    def report_zeros(self, layout, carry):
+        plan = self.plan(layout, carry)
+        return report_zeros(layout.segments(plan.k), layout, carry, plan.rebuild, self)
+
     def forward(self, layout, carry):
         plan = self.plan(layout, carry)
         segments = layout.segments(plan.k)
@@ -91,11 +111,43 @@ class Mixed(AbstractRuleMethod):
     def backward(self, residuals, ct, layout, carry):
         plan = self.plan(layout, carry)
         segments = layout.segments(plan.k)
+        rebuild = None
         if plan.rebuild:
-            h0, ct_log_det, anchors, fragments, _ = rebuilt_backward(
+            h0, ct_log_det, anchors, fragments, rebuild = rebuilt_backward(
                 residuals, ct, layout, segments, carry
             )
         else:
             h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
-        grads, ct_condition = sweep(layout, segments, carry, anchors, ct[1], fragments)
-        return Cotangents(grads, h0, ct_log_det, ct_condition)
+        grads, ct_condition, figures = sweep(
+            layout,
+            segments,
+            carry,
+            anchors,
+            ct,
+            fragments,
+            on_drift=self.on_drift,
+            tolerance=self.drift_tolerance,
+            check_vijp=self.check_vijp,
+        )
+        figures["rebuild"] = rebuild
+        return Cotangents(grads, h0, ct_log_det, ct_condition, figures)
+
+
+def check_on_drift(owner: str, on_drift: str) -> None:
+    if on_drift not in ON_DRIFT:
+        raise ValueError(
+            f"{owner}: `on_drift` must be one of {', '.join(map(repr, ON_DRIFT))}, "
+            f"got {on_drift!r}."
+        )
+
+
+def report_zeros(segments, layout, carry, rebuild: bool, method) -> dict:
+    """Zeros shaped like the figures of a sweep (see `sweep`)."""
+    dtype = jnp.result_type(carry.x)
+    count = len(segments)
+    return {
+        "drift": jnp.zeros(count, dtype),
+        "repaired": jnp.zeros(count, dtype),
+        "vijp": jnp.zeros(len(layout), dtype) if method.check_vijp else None,
+        "rebuild": jnp.zeros(count, dtype) if rebuild else None,
+    }

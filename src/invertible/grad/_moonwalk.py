@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from .._carry import Carry, forward, is_submersive, replace
 from .._checks import positive_int
 from .._layout import AbstractLayout
+from ._mixed import check_on_drift, report_zeros
 from ._rule import AbstractRuleMethod, Cotangents
 from ._sweep import sweep
 from ._taps import barrier
@@ -24,13 +25,26 @@ class Moonwalk(AbstractRuleMethod):
 
     - `chunk_size`: how many JVPs (one per input element of an example) run at once
       (`None`: all); trades memory for time.
+    - `on_drift`, `drift_tolerance`, `check_vijp`: as for `invertible.grad.Mixed`.
+      Pure Moonwalk has no anchors: its sweep meets an exact cotangent only at the
+      chain's output, so the whole chain is one segment, and `"repair"` (the
+      default) redoes the whole chain by reverse mode in memory that does not grow
+      with depth, in time quadratic in it. `"nan"` poisons the gradients instead.
+      No setting hands back a drifted gradient without saying so in the report.
     """
 
     chunk_size: int | None = 16
+    on_drift: str = "repair"
+    drift_tolerance: float | None = None
+    check_vijp: bool = False
     transform: ClassVar[str] = "moonwalk_grad"
 
     def __post_init__(self):
         positive_int("Moonwalk", "chunk_size", self.chunk_size, optional=True)
+        check_on_drift("Moonwalk", self.on_drift)
+
+    def report_zeros(self, layout, carry):
+        return report_zeros(layout.segments(len(layout)), layout, carry, False, self)
 
     def handles(self, layer) -> bool:
         return is_submersive(layer)
@@ -47,8 +61,19 @@ class Moonwalk(AbstractRuleMethod):
         h0 = input_cotangent_by_jvps(layout, carry, ct, self.chunk_size)
         segments = layout.segments(len(layout))
         anchors = segments.write(segments.zeros(lambda c: c.x, carry), 0, h0)
-        grads, ct_condition = sweep(layout, segments, carry, anchors, ct[1], None)
-        return Cotangents(grads, h0, ct[1], ct_condition)
+        grads, ct_condition, figures = sweep(
+            layout,
+            segments,
+            carry,
+            anchors,
+            ct,
+            None,
+            on_drift=self.on_drift,
+            tolerance=self.drift_tolerance,
+            check_vijp=self.check_vijp,
+        )
+        figures["rebuild"] = None
+        return Cotangents(grads, h0, ct[1], ct_condition, figures)
 
 
 def _jvp(layout: AbstractLayout, carry: Carry, tangent):

@@ -30,6 +30,7 @@ from .._carry import (
 )
 from .._layout import AbstractLayout, AbstractSegments
 from ._plan import Plan, arrange, saveable
+from ._recompute import recompute_input_vjps
 from ._taps import barrier, identity, tap
 
 
@@ -108,30 +109,6 @@ def rebuilt_forward(
     return out, (kept, out.x)
 
 
-def _maybe(predicate, f, c):
-    """`f(c)` if `predicate`, else `c`: a Python `if` for static predicates."""
-    if isinstance(predicate, bool):
-        return f(c) if predicate else c
-    return jax.lax.cond(predicate, f, lambda c: c, c)
-
-
-def recompute_input_vjps(segment: AbstractLayout, start: Carry, ct, ct_log_det):
-    """The segment's input cotangent for its output cotangent `ct`, in memory that
-    does not grow with its length: each layer's input is recomputed from the
-    segment's start (quadratic time), then the cotangent pulled back through it."""
-
-    def back(h, layer, at):
-        def up_to(c, other, index):
-            before = index.position < at.position
-            if not isinstance(before, bool):
-                before = jnp.asarray(before)
-            return _maybe(before, lambda c: forward(other, c, index), c)
-
-        return input_vjp(layer, segment.scan(up_to, start), h, ct_log_det, index=at)
-
-    return segment.scan(back, ct, reverse=True)
-
-
 def _relative_mismatch(got, want):
     """The largest per-example `‖got - want‖ / ‖want‖` (over the batch, if any)."""
     axes = tuple(range(1, got.ndim)) if got.ndim > 1 else None
@@ -192,4 +169,6 @@ def rebuilt_backward(
     _, h0, anchors, mismatch = segments.scan(
         segment_back, (y, ct_x, kept, mismatch), reverse=True
     )
+    if isinstance(mismatch, tuple):  # unrolled: one scalar per segment
+        mismatch = jnp.stack(mismatch)
     return h0, ct_log_det, anchors, None, mismatch

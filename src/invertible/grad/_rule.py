@@ -32,19 +32,22 @@ from .._carry import Batch, Carry, replace
 from .._layout import AbstractLayout
 from .._method import AbstractMethod, running, transform_name
 from ._jax_private import innermost_vmap
+from ._report import report_tap
 from ._taps import keep_perturbed
 from ._validate import check_chain
 
 
 class Cotangents(NamedTuple):
     """What a method's backward pass returns: per-layer gradients (in the layout's
-    storage), and the cotangents of the chain's input, log-det and condition
-    (`None` where there is none)."""
+    storage), the cotangents of the chain's input, log-det and condition (`None`
+    where there is none), and the figures for the report (the structure of
+    `report_zeros`, or `None`)."""
 
     layers: PyTree
     x: Array
     log_det: Array | None
     condition: PyTree
+    report: dict | None = None
 
 
 class AbstractRuleMethod(AbstractMethod):
@@ -62,6 +65,10 @@ class AbstractRuleMethod(AbstractMethod):
         their requirements on the layers."""
         check_chain(layout, carry, name)
 
+    def report_zeros(self, layout: AbstractLayout, carry: Carry) -> dict | None:
+        """Zeros shaped like the figures `backward` reports (`None`: none)."""
+        return None
+
     @abc.abstractmethod
     def forward(self, layout: AbstractLayout, carry: Carry) -> tuple[Carry, Any]:
         """The chain's output carry, and residuals for `backward`."""
@@ -74,23 +81,31 @@ class AbstractRuleMethod(AbstractMethod):
         without a log-det)."""
 
 
+def _layer_names(layout: AbstractLayout) -> tuple[str, ...]:
+    names = tuple(type(layer).__name__ for layer in layout.layer_types())
+    return names * (len(layout) // len(names))
+
+
 def _run(method: AbstractRuleMethod, layout: AbstractLayout, carry: Carry) -> Carry:
+    zeros = method.report_zeros(layout, carry)
+    tap = None
+    if zeros is not None:
+        tap = report_tap(zeros, _layer_names(layout), type(method).__name__)
     is_vmap, axis_name = innermost_vmap()
     if is_vmap and carry.batch is None:
-        return _on_batch(method, layout, carry, axis_name)
-    return _apply(method, layout, carry)
+        return _on_batch(method, layout, carry, tap, axis_name)
+    return _apply(method, layout, carry, tap)
 
 
-def _apply(method, layout: AbstractLayout, carry: Carry) -> Carry:
-    vjp_arg = (layout, carry.x, carry.log_det, carry.condition)
-    x, log_det, state = _chain_vjp(
-        vjp_arg, (carry.key, carry.state), method, carry.batch
-    )
+def _apply(method, layout: AbstractLayout, carry: Carry, tap) -> Carry:
+    vjp_arg = (layout, carry.x, carry.log_det, carry.condition, tap)
+    fixed = (carry.key, carry.state)
+    x, log_det, state = _chain_vjp(vjp_arg, fixed, method, carry.batch)
     return replace(carry, x=x, log_det=log_det, state=state)
 
 
 def _carry_of(vjp_arg, fixed, batch) -> tuple[AbstractLayout, Carry]:
-    layout, x, log_det, condition = vjp_arg
+    layout, x, log_det, condition, _ = vjp_arg
     key, state = fixed
     return layout, Carry(x, log_det, key, state, condition, batch)
 
@@ -122,32 +137,36 @@ def _chain_vjp_bwd(residuals, ct_out, perturbed, vjp_arg, fixed, method, batch):
     with running():
         grads = method.backward(residuals, (ct_x, ct_log_det), layout, carry)
     ct_layout = layout.cotangent(grads.layers)
-    cts = (ct_layout, grads.x, grads.log_det, grads.condition)
+    report = grads.report if vjp_arg[4] is not None else None
+    cts = (ct_layout, grads.x, grads.log_det, grads.condition, report)
     return keep_perturbed(cts, perturbed)
 
 
-def _on_batch(method, layout: AbstractLayout, carry: Carry, axis_name) -> Carry:
+def _on_batch(method, layout: AbstractLayout, carry: Carry, tap, axis_name) -> Carry:
     """Directly under `vmap`: run the method once on the batch (see above)."""
     dynamic, static = eqx.partition(layout, eqx.is_array)
     key, state, condition = carry.key, carry.state, carry.condition
 
-    def per_example(dynamic, x, log_det, key, state, condition):
+    def per_example(dynamic, x, log_det, key, state, condition, tap):
         c = Carry(x, log_det, key, state, condition)
-        out = _apply(method, eqx.combine(dynamic, static), c)
+        out = _apply(method, eqx.combine(dynamic, static), c, tap)
         return out.x, out.log_det, out.state
 
     rule = custom_vmap(per_example)
 
     @rule.def_vmap
-    def on_batch(axis_size, in_batched, dynamic, x, log_det, key, state, condition):
-        b_layers, b_x, b_log_det, b_key, b_state, b_condition = in_batched
+    def on_batch(
+        axis_size, in_batched, dynamic, x, log_det, key, state, condition, tap
+    ):
+        b_layers, b_x, b_log_det, b_key, b_state, b_condition, b_tap = in_batched
         leaves = jax.tree.leaves
-        if b_x and not any(leaves(b_layers)) and not any(leaves(b_state)):
+        unbatched = not any(leaves((b_layers, b_state, b_tap)))
+        if b_x and unbatched:
             if log_det is not None and not b_log_det:
                 log_det = jnp.broadcast_to(log_det, (axis_size, *jnp.shape(log_det)))
             batch = Batch(axis_name, any(leaves(b_key)), any(leaves(b_condition)))
             c = Carry(x, log_det, key, state, condition, batch)
-            out = _apply(method, eqx.combine(dynamic, static), c)
+            out = _apply(method, eqx.combine(dynamic, static), c, tap)
             out_batched = (
                 True,
                 None if out.log_det is None else True,
@@ -158,11 +177,13 @@ def _on_batch(method, layout: AbstractLayout, carry: Carry, axis_name) -> Carry:
         # per-example method.
         in_axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
         out = jax.vmap(per_example, in_axes=in_axes)(
-            dynamic, x, log_det, key, state, condition
+            dynamic, x, log_det, key, state, condition, tap
         )
         return out, jax.tree.map(lambda _: True, out)
 
-    x, log_det, new_state = rule(dynamic, carry.x, carry.log_det, key, state, condition)
+    x, log_det, new_state = rule(
+        dynamic, carry.x, carry.log_det, key, state, condition, tap
+    )
     return replace(carry, x=x, log_det=log_det, state=new_state)
 
 

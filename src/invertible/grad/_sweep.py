@@ -7,6 +7,12 @@ gradient in the same computation. Only the current `(x, h)` is alive: memory doe
 not grow with depth. Resetting `h` to the anchor at every segment start stops
 round-off, which the vijp recursion multiplies by inverse Jacobians, from
 compounding past a segment; fragments complete the vijp of non-submersive layers.
+
+At every segment's end the sweep meets an exact cotangent (the next anchor, or
+the chain's output cotangent) and measures its *drift*, the relative difference
+of the swept one. A segment that drifted past the tolerance is, by default,
+redone exactly by reverse mode from its start, which the sweep holds
+(`_recompute.py`); or its gradients are poisoned with NaN, or an error raised.
 """
 
 from typing import Any
@@ -16,14 +22,38 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PyTree
 
-from .._carry import Carry, inverse_jvp_and_grads, needs_fragment, replace
+from .._carry import (
+    Carry,
+    input_vjp,
+    inverse_jvp_and_grads,
+    needs_fragment,
+    replace,
+)
 from .._layout import AbstractLayout, AbstractSegments
+from ._recompute import recompute_grads
 from ._taps import barrier
+
+ON_DRIFT = ("repair", "nan", "error", "ignore")
 
 
 def parameter_zeros(layout: AbstractLayout, carry: Carry) -> PyTree:
     """Per-layer gradient storage: zeros for every layer's floating arrays."""
     return layout.zeros(lambda layer, _: eqx.filter(layer, eqx.is_inexact_array), carry)
+
+
+def drift_tolerance(dtype) -> float:
+    """The default drift beyond which a segment is redone: 16 units of round-off
+    (about 2e-6 in float32). A well-conditioned segment drifts by one or two; the
+    gradients' error is at most about the drift, and backprop's own is a few units
+    at depth, so this keeps the methods within a small multiple of backprop's."""
+    return 16 * float(jnp.finfo(dtype).eps)
+
+
+def relative_difference(got, want):
+    """`‖got - want‖ / ‖want‖` over the whole array (the batch, if any); NaN
+    stays NaN."""
+    size = jnp.sqrt(jnp.sum(want**2))
+    return jnp.sqrt(jnp.sum((got - want) ** 2)) / jnp.where(size > 0, size, 1)
 
 
 def _add(total, more):
@@ -35,9 +65,13 @@ def sweep(
     segments: AbstractSegments,
     carry: Carry,
     anchors: PyTree,
-    ct_log_det: Any,
+    ct: tuple,
     fragments: PyTree,
-) -> tuple[PyTree, Any]:
+    *,
+    on_drift: str = "repair",
+    tolerance: float | None = None,
+    check_vijp: bool = False,
+) -> tuple[PyTree, Any, dict]:
     """Sweep the chain forwards, segment by segment.
 
     **Arguments:**
@@ -46,43 +80,102 @@ def sweep(
     - `carry`: the chain's input.
     - `anchors`: per-segment storage (`segments.zeros`) holding the exact cotangent
       at each segment's start.
-    - `ct_log_det`: the cotangent of the chain's log-det (`None` without one).
+    - `ct`: the chain's output cotangents `(ct_x, ct_log_det)`.
     - `fragments`: per-layer storage (`layout.zeros`) holding the fragment of each
       non-submersive layer, `None` elsewhere (or `None` throughout).
+    - `on_drift`: what to do with a segment whose drift exceeds `tolerance`
+      (see `ON_DRIFT`).
+    - `check_vijp`: also measure every layer's vijp against its vjp.
 
     **Returns:**
 
-    `(grads, ct_condition)`: per-layer parameter gradients in the layout's storage,
-    and the condition's cotangent (`None` without a condition).
+    `(grads, ct_condition, figures)`: per-layer parameter gradients in the layout's
+    storage, the condition's cotangent (`None` without a condition), and the
+    figures of the report: per segment `"drift"` and `"repaired"` (1 where redone
+    or poisoned), per layer `"vijp"` (with `check_vijp`).
     """
+    ct_out, ct_log_det = ct
+    if tolerance is None:
+        tolerance = drift_tolerance(jnp.result_type(carry.x))
+    count = len(segments)
     grads = parameter_zeros(layout, carry)
     ct_condition = jax.tree.map(jnp.zeros_like, carry.condition)
+    dtype = jnp.result_type(carry.x)
+    figures = {
+        "drift": jnp.zeros(count, dtype),
+        "repaired": jnp.zeros(count, dtype),
+        "vijp": jnp.zeros(len(layout), dtype) if check_vijp else None,
+    }
 
     def layer_step(state, layer, index):
-        carry, h, ct_condition, grads = state
+        carry, h, ct_condition, grads, vijp = state
         fragment = layout.read(fragments, index) if needs_fragment(layer) else None
 
         def step(carry, h, fragment):
-            out, h, g, g_condition = inverse_jvp_and_grads(
+            out, h_y, g, g_condition = inverse_jvp_and_grads(
                 layer, carry, h, ct_log_det, fragment, index=index
             )
+            error = None
+            if check_vijp:
+                back = input_vjp(layer, carry, h_y, ct_log_det, index=index)
+                error = relative_difference(back, h)
             # The barrier also forces the parameter gradient to be computed now,
             # while `x` and `h` are alive, rather than late with every `x` kept.
-            return barrier((out.x, out.log_det, h, g, g_condition))
+            return barrier((out.x, out.log_det, h_y, g, g_condition, error))
 
-        x, log_det, h, g, g_condition = layout.isolate(step, carry, h, fragment)
+        x, log_det, h, g, g_condition, error = layout.isolate(step, carry, h, fragment)
         grads = layout.write(grads, index, g)
+        if check_vijp:
+            vijp = vijp.at[index.position].set(error)
         out = replace(carry, x=x, log_det=log_det)
-        return out, h, _add(ct_condition, g_condition), grads
+        return out, h, _add(ct_condition, g_condition), grads, vijp
+
+    def exact_end(j):
+        """The exact cotangent at segment `j`'s end."""
+        if isinstance(j, int):
+            return ct_out if j + 1 == count else segments.read(anchors, j + 1)
+        following = segments.read(anchors, jnp.minimum(j + 1, count - 1))
+        return jnp.where(j + 1 < count, following, ct_out)
 
     def segment_step(state, segment, j):
-        carry, ct_condition, grads = state
+        carry, ct_condition, grads, figures = state
         x, h = barrier((carry.x, segments.read(anchors, j)))
-        carry = replace(carry, x=x)
-        carry, _, ct_condition, grads = segment.scan(
-            layer_step, (carry, h, ct_condition, grads)
-        )
-        return carry, ct_condition, grads
+        start = replace(carry, x=x)
+        zero_condition = jax.tree.map(jnp.zeros_like, ct_condition)
+        inner = (start, h, zero_condition, grads, figures["vijp"])
+        carry, h, own_condition, grads, vijp = segment.scan(layer_step, inner)
+        drift = relative_difference(h, exact_end(j))
+        drifted = jnp.logical_not(drift <= tolerance)  # NaN drifts
+        block = layout.block(grads, segment)
+        if on_drift == "repair":
+            block, own_condition = jax.lax.cond(
+                drifted,
+                lambda block, own: recompute_grads(
+                    segment, start, exact_end(j), ct_log_det, block
+                ),
+                lambda block, own: (block, own),
+                block,
+                own_condition,
+            )
+        elif on_drift == "nan":
+            block = jax.tree.map(lambda g: jnp.where(drifted, jnp.nan, g), block)
+        elif on_drift == "error":
+            block = eqx.error_if(
+                block,
+                drifted,
+                "the forward sweep drifted from the exact cotangent beyond its "
+                "tolerance (see the report: `report=True`); use `on_drift='repair'`",
+            )
+        grads = layout.with_block(grads, segment, block)
+        figures = {
+            "drift": figures["drift"].at[j].set(drift),
+            "repaired": figures["repaired"]
+            .at[j]
+            .set(drifted.astype(dtype) if on_drift in ("repair", "nan") else 0),
+            "vijp": vijp,
+        }
+        return carry, _add(ct_condition, own_condition), grads, figures
 
-    _, ct_condition, grads = segments.scan(segment_step, (carry, ct_condition, grads))
-    return grads, ct_condition
+    init = (carry, ct_condition, grads, figures)
+    _, ct_condition, grads, figures = segments.scan(segment_step, init)
+    return grads, ct_condition, figures

@@ -22,6 +22,7 @@ from jaxtyping import PyTree
 
 from .._carry import is_chain
 from .._method import AbstractMethod, Usage, default_method
+from ._report import assemble, collecting, zero_taps
 
 
 class _Sentinel:
@@ -124,12 +125,14 @@ def method_transform(
     has_aux: bool,
     value: bool,
     name: str,
+    report: bool = False,
 ):
     """`eqx.filter_grad(fun)` (or `filter_value_and_grad`), with every chain
-    differentiated by `method`; `name` is the public transform's, for messages."""
+    differentiated by `method`; `name` is the public transform's, for messages.
+    With `report`, the returned function returns `(out, report)`, `out` being what
+    it returns otherwise (see `_report.py`)."""
 
-    @ft.wraps(fun)
-    def with_chains_marked(first, /, *args, **kwargs):
+    def traced(first, args, kwargs):
         usage = Usage(name=name)
         with default_method(method, usage):
             out = fun(mark_chains(first, method), *args, **kwargs)
@@ -137,5 +140,40 @@ def method_transform(
         warn_about(name, usage)
         return out
 
+    @ft.wraps(fun)
+    def with_chains_marked(first, /, *args, **kwargs):
+        return traced(first, args, kwargs)
+
     transform = eqx.filter_value_and_grad if value else eqx.filter_grad
-    return transform(with_chains_marked, has_aux=has_aux)
+    if not report:
+        return transform(with_chains_marked, has_aux=has_aux)
+
+    @ft.wraps(fun)
+    def with_taps(model_and_taps, /, *args, **kwargs):
+        first, taps = model_and_taps
+        with collecting(taps):
+            return traced(first, args, kwargs)
+
+    differentiated = transform(with_taps, has_aux=has_aux)
+
+    @ft.wraps(fun)
+    def with_report(first, /, *args, **kwargs):
+        with collecting() as counted, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said again by the real trace
+            eqx.filter_eval_shape(traced, first, args, kwargs)
+        taps = zero_taps(counted.specs)
+        out = differentiated((first, taps), *args, **kwargs)
+        # `(grads, taps)` stands where the gradients stand: `eqx.filter_grad`'s
+        # output, or `(value, grads)`, with `aux` after the gradients or the value.
+        if value:
+            head, (grads, tap_grads) = out
+            out = (head, grads)
+        elif has_aux:
+            (grads, tap_grads), aux = out
+            out = (grads, aux)
+        else:
+            grads, tap_grads = out
+            out = grads
+        return out, assemble(counted.specs, tap_grads)
+
+    return with_report
