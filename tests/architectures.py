@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import invertible as inv
-from helpers import IMAGES, REGISTRY, VECTORS, LayerEntry, to_float64
+from helpers import IMAGES, REGISTRY, RESIDUALS, VECTORS, LayerEntry, to_float64
 
 BATCH = 2
 
@@ -98,7 +98,8 @@ def _choose(draw, shape, *, stackable: bool):
     """A registry entry that fits `shape`, with its output shape. A stackable one
     keeps the shape and has parameters to stack (a `ScannedSequential` reads its
     length from them)."""
-    options = [(e, out) for e in REGISTRY if (out := _fits(e, shape)) is not None]
+    entries = REGISTRY + RESIDUALS
+    options = [(e, out) for e in entries if (out := _fits(e, shape)) is not None]
     if stackable:
         options = [
             (e, out) for e, out in options if out == shape and _has_parameters(e, shape)

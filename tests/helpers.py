@@ -273,3 +273,68 @@ REGISTRY += [
     ),
     LayerEntry("ReLU", "fragment", lambda key, shape: inv.ReLU(), shapes()),
 ]
+
+
+# Residual kinds beyond tanh MLPs and convs, for the generated chains
+# (`architectures.py`): what Mixed keeps differs per kind (see docs/concepts.md),
+# and every strategy must be exact on each. Couplings like the registry's, so the
+# per-layer properties need not be checked again.
+
+
+def _gelu_mlp(key, half_shape):
+    return eqx.nn.MLP(half_shape[0], half_shape[0], 8, 1, jax.nn.gelu, key=key)
+
+
+class _PreNorm(eqx.Module):
+    """A pre-LayerNorm residual: `F(LayerNorm(x))`."""
+
+    norm: eqx.nn.LayerNorm
+    inner: eqx.nn.MLP
+
+    def __call__(self, x):
+        return self.inner(self.norm(x))
+
+
+def _layer_norm_mlp(key, half_shape):
+    return _PreNorm(eqx.nn.LayerNorm(half_shape[0]), _gelu_mlp(key, half_shape))
+
+
+def _group_norm_conv(key, half_shape):
+    c = half_shape[0]
+    return eqx.nn.Sequential(
+        [
+            eqx.nn.GroupNorm(1, c),
+            eqx.nn.Conv2d(c, c, 3, padding=1, key=key),
+            eqx.nn.Lambda(jnp.tanh),
+        ]
+    )
+
+
+def _coupling_with(make):
+    def build(key, shape):
+        half = (shape[0] // 2, *shape[1:])
+        return inv.AdditiveCoupling(make(key, half), swap=shape[0] % 4 == 0)
+
+    return build
+
+
+RESIDUALS: list[LayerEntry] = [
+    LayerEntry(
+        "AdditiveCoupling(GELU)",
+        "invertible",
+        _coupling_with(_gelu_mlp),
+        shapes(channel_multiple=2, images=False),
+    ),
+    LayerEntry(
+        "AdditiveCoupling(LayerNorm)",
+        "invertible",
+        _coupling_with(_layer_norm_mlp),
+        shapes(channel_multiple=2, images=False),
+    ),
+    LayerEntry(
+        "AdditiveCoupling(GroupNorm)",
+        "invertible",
+        _coupling_with(_group_norm_conv),
+        shapes(channel_multiple=2, vectors=False),
+    ),
+]

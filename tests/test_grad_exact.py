@@ -22,10 +22,16 @@ def exact_methods(kinds):
         "checkpointed": G.checkpointed_grad,
         "forward": G.forward_grad,
     }
+    # Every phase-1 strategy, forced (the default picks one per chain).
+    strategies = ["residuals", "bits", "inputs", "recompute"]
     if "fragment" not in kinds:
         methods["moonwalk"] = G.moonwalk_grad(chunk_size=3)
     if kinds == {"invertible"}:
         methods["reversible"] = G.reversible_grad
+        strategies.append("rebuild")
+    for s in strategies:
+        methods[f"mixed(strategy={s!r})"] = G.filter_grad(method=G.Mixed(strategy=s))
+    methods["checkpointed(segment_length=2)"] = G.checkpointed_grad(segment_length=2)
     return methods
 
 
@@ -43,13 +49,13 @@ def _check(arch, data):
 slow_ok = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=20, **slow_ok)
+@settings(max_examples=24, **slow_ok)
 @given(arch=architectures(scanned=False), data=st.data())
 def test_sequential_models(arch, data):
     _check(arch, data)
 
 
-@settings(max_examples=8, **slow_ok)
+@settings(max_examples=12, **slow_ok)
 @given(arch=architectures(scanned=True), data=st.data())
 def test_scanned_models(arch, data):
     _check(arch, data)

@@ -22,6 +22,7 @@ batch directly.
 """
 
 import dataclasses
+import functools as ft
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -137,7 +138,10 @@ def layer_key(carry: Carry, index: "Index | int") -> Any:
     """The key of the layer at `index` (an `Index`, or the position in the chain)."""
     if carry.key is None or (isinstance(index, Index) and not index.fold_key):
         return carry.key
-    return jr.fold_in(carry.key, index.position if isinstance(index, Index) else index)
+    position = index.position if isinstance(index, Index) else index
+    if carry.batch is not None and carry.batch.key:  # one key per example
+        return jax.vmap(jr.fold_in, in_axes=(0, None))(carry.key, position)
+    return jr.fold_in(carry.key, position)
 
 
 def per_example(fn: Callable, carry: Carry, *args, out_axes=0):
@@ -168,6 +172,13 @@ def per_example(fn: Callable, carry: Carry, *args, out_axes=0):
     return mapped(carry.x, carry.log_det, carry.key, carry.condition, *args)
 
 
+def _fresh(state):
+    """A copy of an `eqx.nn.State` for a layer to use: `state.set` invalidates the
+    object it is called on, and the methods call each layer more than once."""
+    leaves, treedef = jax.tree.flatten(state)
+    return jax.tree.unflatten(treedef, leaves)
+
+
 def _options(layer: Any, carry: Carry, index, method: str) -> dict:
     """Keyword arguments for one of `layer`'s methods: the per-layer key, the
     condition and (for methods other than `__call__` of stateful layers) the state,
@@ -180,11 +191,37 @@ def _options(layer: Any, carry: Carry, index, method: str) -> dict:
     if carry.condition is not None and takes(layer, "condition", method):
         options["condition"] = carry.condition
     if method != "__call__" and is_stateful(layer) and takes(layer, "state", method):
-        options["state"] = carry.state
+        options["state"] = _fresh(carry.state)
     return options
 
 
 # ------------------------------------------------------------------------- the calls
+
+# The index a layer sees inside a call traced once: its key is folded beforehand.
+_FOLDED = Index(0, 0, 0, fold_key=False)
+
+
+def traced_once(call: Callable) -> Callable:
+    """`call(layer, carry, *args, index=...)`, traced once per distinct layer
+    structure (and argument shapes) rather than once per layer: a nested `jit`,
+    which XLA inlines, hit in its cache by every layer alike. The per-layer key is
+    folded outside, so that layers differ only in their arrays. A chain's methods
+    call each layer several times (phase 1, the sweep, the repairs): traced per
+    layer, they multiplied compile time."""
+    jitted = eqx.filter_jit(
+        lambda layer, carry, *args: call(layer, carry, *args, index=_FOLDED)
+    )
+
+    @ft.wraps(call)
+    def run(layer, carry, *args, index):
+        folded = replace(carry, key=layer_key(carry, index))
+        out = jitted(layer, folded, *args)
+        # The carry that comes out travels on with the chain's key, not this layer's.
+        is_carry = lambda o: isinstance(o, Carry)
+        restore = lambda o: replace(o, key=carry.key) if is_carry(o) else o
+        return jax.tree.map(restore, out, is_leaf=is_carry)
+
+    return run
 
 
 def _forward_one(layer: Any, carry: Carry, index) -> tuple:
@@ -195,7 +232,7 @@ def _forward_one(layer: Any, carry: Carry, index) -> tuple:
         y, log_det = layer.forward_and_log_det(carry.x, **options)
         return y, log_det, None
     if is_stateful(layer):
-        y, state = layer(carry.x, carry.state, **options)
+        y, state = layer(carry.x, _fresh(carry.state), **options)
         return y, None, state
     return layer(carry.x, **options), None, None
 
@@ -203,6 +240,11 @@ def _forward_one(layer: Any, carry: Carry, index) -> tuple:
 def forward(layer: Any, carry: Carry, index) -> Carry:
     """Apply one layer: the only place a layer's `__call__` (or
     `forward_and_log_det`) is called."""
+    return _forward(layer, carry, index=index)
+
+
+@traced_once
+def _forward(layer: Any, carry: Carry, *, index) -> Carry:
     y, log_det, state = per_example(
         lambda c: _forward_one(layer, c, index), carry, out_axes=(0, 0, None)
     )
@@ -229,6 +271,11 @@ def inverse(layer: Any, carry: Carry, index, z: Array | None = None) -> Carry:
     """`carry` with `x` replaced by the input of the layer whose output it is (and,
     with a log-det, the inverse's log-det added). `z`: the dropped part, for a
     factoring layer."""
+    return _inverse(layer, carry, z, index=index)
+
+
+@traced_once
+def _inverse(layer: Any, carry: Carry, z: Array | None = None, *, index) -> Carry:
 
     def one(c, z):
         method = "inverse" if c.log_det is None else "inverse_and_log_det"
@@ -263,6 +310,7 @@ def _inverse_jvp_one(layer, carry, ct_x, ct_log_det, fragment, index):
     return y, log_det, ct_y
 
 
+@traced_once
 def inverse_jvp(layer, carry: Carry, ct_x, ct_log_det=None, fragment=None, *, index):
     """The vijp: `(carry at the layer's output, ct_y)`. With a log-det in the carry,
     the vijp of the augmented map `(x, a) -> (f(x), a + log|det f'(x)|)`, whose
@@ -280,6 +328,7 @@ def inverse_jvp(layer, carry: Carry, ct_x, ct_log_det=None, fragment=None, *, in
     return out, ct_y
 
 
+@traced_once
 def fragment(layer: Any, carry: Carry, ct_y, *, index) -> PyTree:
     """The part of `ct_y` that the layer's vjp loses (non-submersive layers)."""
 
@@ -289,6 +338,7 @@ def fragment(layer: Any, carry: Carry, ct_y, *, index) -> PyTree:
     return per_example(one, carry, ct_y)
 
 
+@traced_once
 def inverse_jvp_and_grads(
     layer, carry: Carry, ct_x, ct_log_det=None, fragment=None, *, index
 ):
@@ -315,6 +365,7 @@ def inverse_jvp_and_grads(
     return out, ct_y, grads, ct_condition
 
 
+@traced_once
 def input_vjp(layer, carry: Carry, ct_y, ct_log_det=None, *, index):
     """Reverse mode through one layer with respect to its input alone (parameters
     and condition held constant): `ct_x` for the output cotangents `ct_y` (and
@@ -329,6 +380,7 @@ def input_vjp(layer, carry: Carry, ct_y, ct_log_det=None, *, index):
     return ct_x
 
 
+@traced_once
 def vjp_and_grads(layer, carry: Carry, ct_y, ct_log_det=None, *, index):
     """Reverse mode through one layer at its input `carry`: `(ct_x, grads,
     ct_condition)` for the output cotangents `ct_y` (and `ct_log_det`)."""

@@ -167,10 +167,12 @@ def fenced(f: Callable, *args):
     runs as a unit, like a scan body.
     """
     dynamic, static = eqx.partition(args, eqx.is_array)
-    run = lambda dynamic: f(*eqx.combine(dynamic, static))
+    # Traced once (a jaxpr replayed in the branch): the zeros branch needs the
+    # output's shapes, and tracing `f` twice would double the compile time.
+    run = eqx.filter_closure_convert(lambda d: f(*eqx.combine(d, static)), dynamic)
     out = jax.eval_shape(run, dynamic)
     always = jax.lax.optimization_barrier(jnp.bool_(True))
-    return jax.lax.cond(always, run, lambda _: _zeros(out), dynamic)
+    return jax.lax.cond(always, lambda d: run(d), lambda _: _zeros(out), dynamic)
 
 
 # ------------------------------------------------------------------------- unrolled
@@ -188,14 +190,15 @@ class Unrolled(AbstractLayout):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def _index(self, i: int) -> Index:
+    def index(self, i: int) -> Index:
+        """The index of `layers[i]`."""
         position = self.start + i
         return Index(position, position, 0, self.fold_keys)
 
     def scan(self, step, init, *, reverse=False):
         order = range(len(self.layers))
         for i in reversed(order) if reverse else order:
-            init = step(init, self.layers[i], self._index(i))
+            init = step(init, self.layers[i], self.index(i))
         return init
 
     def segments(self, k: int) -> "UnrolledSegments":
@@ -217,7 +220,7 @@ class Unrolled(AbstractLayout):
         return self.start
 
     def zeros(self, make, carry):
-        shapes = _walk_shapes(self.layers, make, carry, self._index)
+        shapes = _walk_shapes(self.layers, make, carry, self.index)
         return tuple(_zeros(s) for s in shapes)
 
     def isolate(self, f, *args):

@@ -112,9 +112,12 @@ class Mixed(AbstractRuleMethod):
         plan = self.plan(layout, carry)
         segments = layout.segments(plan.k)
         rebuild = None
+        # Without anchors the one segment is the whole chain: its repair must not
+        # keep its activations.
+        short = self.anchor_every is not None
         if plan.rebuild:
             h0, ct_log_det, anchors, fragments, rebuild = rebuilt_backward(
-                residuals, ct, layout, segments, carry
+                residuals, ct, layout, segments, carry, short_segments=short
             )
         else:
             h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
@@ -128,6 +131,7 @@ class Mixed(AbstractRuleMethod):
             on_drift=self.on_drift,
             tolerance=self.drift_tolerance,
             check_vijp=self.check_vijp,
+            short_segments=short,
         )
         figures["rebuild"] = rebuild
         return Cotangents(grads, h0, ct_log_det, ct_condition, figures)

@@ -124,7 +124,13 @@ def rebuild_tolerance(dtype) -> float:
 
 
 def rebuilt_backward(
-    residuals, ct, layout: AbstractLayout, segments: AbstractSegments, carry: Carry
+    residuals,
+    ct,
+    layout: AbstractLayout,
+    segments: AbstractSegments,
+    carry: Carry,
+    *,
+    short_segments: bool,
 ) -> tuple:
     """`(h_0, ct_log_det, anchors, None, rebuilt)`; `rebuilt` holds, per segment,
     the rebuilt start's relative error (the segment was recomputed where it
@@ -151,7 +157,7 @@ def rebuilt_backward(
             error <= tolerance,
             lambda h_start, h: h_start,
             lambda h_start, h: recompute_input_vjps(
-                segment, replace(carry, x=x_start), h, ct_log_det
+                segment, replace(carry, x=x_start), h, ct_log_det, short=short_segments
             ),
             h_start,
             h,

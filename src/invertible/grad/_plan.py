@@ -90,6 +90,8 @@ _counted: dict = {}
 
 
 def _nbytes(aval) -> int:
+    if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
+        return int(np.prod(aval.shape)) * 8  # a typed key: two 32-bit words
     return int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
 
 

@@ -71,6 +71,7 @@ def sweep(
     on_drift: str = "repair",
     tolerance: float | None = None,
     check_vijp: bool = False,
+    short_segments: bool = False,
 ) -> tuple[PyTree, Any, dict]:
     """Sweep the chain forwards, segment by segment.
 
@@ -86,6 +87,8 @@ def sweep(
     - `on_drift`: what to do with a segment whose drift exceeds `tolerance`
       (see `ON_DRIFT`).
     - `check_vijp`: also measure every layer's vijp against its vjp.
+    - `short_segments`: whether a repair may keep a segment's activations (see
+      `_recompute`): true for Mixed's short segments, false for Moonwalk's one.
 
     **Returns:**
 
@@ -151,7 +154,12 @@ def sweep(
             block, own_condition = jax.lax.cond(
                 drifted,
                 lambda block, own: recompute_grads(
-                    segment, start, exact_end(j), ct_log_det, block
+                    segment,
+                    start,
+                    exact_end(j),
+                    ct_log_det,
+                    block,
+                    short=short_segments,
                 ),
                 lambda block, own: (block, own),
                 block,
