@@ -260,7 +260,7 @@ class _DoubledVijp(inv.AbstractInvertible):
         G.moonwalk_grad(on_drift="ignore"),
         G.mixed_grad(anchor_every=None, on_drift="ignore"),
     ],
-    ids=repr,
+    ids=["moonwalk", "mixed"],
 )
 def test_chain_inside_eqx_nn_sequential_uses_the_method(method):
     m = model()

@@ -6,15 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._abstract import AbstractNonSubmersive, AbstractSubmersive
-from .._checks import check_input, check_same_shape, layer_name
-
-
-def _check_channels(layer: object, channels: int, name: str) -> int:
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ValueError(
-            f"{layer_name(layer)}: `{name}` must be a positive int, got {channels!r}."
-        )
-    return channels
+from .._checks import check_input, check_same_shape, layer_name, positive_int
 
 
 def _check_channel_first(layer: object, x: Array, what: str = "input") -> None:
@@ -43,7 +35,7 @@ class KeepChannels(AbstractSubmersive):
         - `channels`: how many leading channels to keep, at least one and at most
           the input's.
         """
-        self.channels = _check_channels(self, channels, "channels")
+        self.channels = positive_int(layer_name(self), "channels", channels)
 
     def _check(self, x: Array, what: str = "input") -> None:
         _check_channel_first(self, x, what)
@@ -109,7 +101,7 @@ class ChannelPad(AbstractNonSubmersive):
         - `out_channels`: the number of channels after padding, at least the
           input's.
         """
-        self.out_channels = _check_channels(self, out_channels, "out_channels")
+        self.out_channels = positive_int(layer_name(self), "out_channels", out_channels)
 
     def _check(self, x: Array, what: str = "input") -> None:
         _check_channel_first(self, x, what)

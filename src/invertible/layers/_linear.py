@@ -5,19 +5,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import check_input
+from .._checks import check_input, positive_int
 from ._log_det import AbstractFlatLogDet
 from ._lu import LUMatrix
 
 
 def _bias_shape(x: Array) -> tuple[int, ...]:
     return (x.shape[0],) + (1,) * (x.ndim - 1)
-
-
-def _check_size(name: str, size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"{name}: must be a positive integer, got {size!r}.")
-    return size
 
 
 class InvertibleLinear(AbstractFlatLogDet):
@@ -48,7 +42,7 @@ class InvertibleLinear(AbstractFlatLogDet):
         - `dtype`: the floating-point dtype of the parameters; defaults to JAX's
           default float.
         """
-        self.features = _check_size("InvertibleLinear: `features`", features)
+        self.features = positive_int("InvertibleLinear", "features", features)
         w_key, b_key = jr.split(key)
         self.weight = LUMatrix(features, key=w_key, dtype=dtype)
         if use_bias:
@@ -118,7 +112,7 @@ class Invertible1x1Conv(AbstractFlatLogDet):
         - `dtype`: the floating-point dtype of the parameters; defaults to JAX's
           default float.
         """
-        self.channels = _check_size("Invertible1x1Conv: `channels`", channels)
+        self.channels = positive_int("Invertible1x1Conv", "channels", channels)
         self.weight = LUMatrix(channels, key=key, dtype=dtype)
         dtype = self.weight.log_scale.dtype
         self.bias = jnp.zeros((channels,), dtype) if use_bias else None

@@ -9,7 +9,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._checks import check_input, check_same_shape, layer_name
+from .._checks import check_input, check_same_shape, layer_name, positive_int
 from ._log_det import AbstractFlatLogDet
 
 
@@ -82,7 +82,8 @@ class Permute(AbstractFlatLogDet):
 
         `Permute([C - 1, ..., 1, 0])`.
         """
-        return cls(list(range(_size(channels) - 1, -1, -1)))
+        channels = positive_int("Permute", "channels", channels)
+        return cls(list(range(channels - 1, -1, -1)))
 
     @classmethod
     def swap_halves(cls, channels: int) -> "Permute":
@@ -96,7 +97,7 @@ class Permute(AbstractFlatLogDet):
 
         `Permute([C/2, ..., C - 1, 0, ..., C/2 - 1])`.
         """
-        channels = _size(channels)
+        channels = positive_int("Permute", "channels", channels)
         if channels % 2:
             raise ValueError(
                 f"Permute.swap_halves: `channels` must be even, got {channels}."
@@ -117,7 +118,7 @@ class Permute(AbstractFlatLogDet):
 
         A `Permute` with a random permutation of `0, ..., C - 1`.
         """
-        return cls(jr.permutation(key, _size(channels)))
+        return cls(jr.permutation(key, positive_int("Permute", "channels", channels)))
 
     def log_abs_det(self, x: Float[Array, "channels *rest"]) -> Float[Array, ""]:
         """0: a permutation preserves volume."""
@@ -154,11 +155,3 @@ class Permute(AbstractFlatLogDet):
         self._check(x)
         check_same_shape(self, x, ct_x, "x", "ct_x")
         return x[self.permutation], ct_x[self.permutation]
-
-
-def _size(channels: int) -> int:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(
-            f"Permute: `channels` must be a positive int, got {channels!r}."
-        )
-    return channels
