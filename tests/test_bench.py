@@ -6,17 +6,18 @@ import json
 import math
 import pickle
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from invertible import grad as G
-from invertible.bench import _data, _memory
+from invertible.bench import _data, _memory, _residuals, _time
 from invertible.bench.__main__ import main
-from invertible.bench._measure import temp_bytes
+from invertible.bench._measure import relative_error, temp_bytes
 from invertible.bench._memory import deepest_within
-from invertible.bench._models import conv_revnet, squared_loss
+from invertible.bench._models import RESIDUALS, conv_revnet, squared_loss
 
 
 def _run(command: str, out, *extra: str) -> None:
@@ -66,6 +67,23 @@ def test_budget_search_with_a_budget_of_its_own():
     for method in _memory.METHODS:
         expected = min(int(51 / slope[method]), 64)  # no ties with the budget
         assert deepest[method] == expected, method
+
+
+def test_budget_search_extrapolates_past_its_cap():
+    # The same lines, searched only to 16 layers: the deeper ones come from the
+    # line through the figure's deepest network and the cap; a flat one is None.
+    slope = {m: 10.0 / (i + 1) for i, m in enumerate(_memory.METHODS)}
+    slope["reversible"] = 0.0
+    temp_at = lambda method, layers: int((100 + slope[method] * layers) * 1e6)
+    config = dataclasses.replace(_memory.QUICK, budget_mb=151.0, max_layers=16)
+    deepest = _memory._budget(config, temp_at)
+    assert deepest["reversible"] is None
+    for method in _memory.METHODS:
+        if method == "reversible":
+            continue
+        expected = int(51 / slope[method])
+        assert abs(deepest[method] - expected) <= 1, method
+        assert (method in deepest["extrapolated"]) == (expected > 16), method
 
 
 def _write_cifar10(folder, images_per_file: int = 10) -> dict:
@@ -129,15 +147,50 @@ def test_train_cifar10_needs_a_complete_folder(tmp_path):
         )
 
 
+def test_binomial_baseline_is_backprop():
+    residual = RESIDUALS["transformer"]  # a stacked block, the harder case
+    size = dict(batch=2, tokens=4, features=8, heads=2)
+    model = residual.build(8, True, size)
+    x = _residuals.example_input(residual, size)
+    with jax.enable_x64(False):
+        grads = _residuals.binomial_grad(2)(squared_loss)(model, x)
+        reference = eqx.filter_grad(squared_loss)(model, x)
+    assert relative_error(grads, reference) < 1e-5
+
+
 def test_memory_quick(tmp_path):
     _run("memory", tmp_path)
     results = _read(tmp_path, "memory", png="memory_pad8.png")
+    assert (tmp_path / "memory_residuals.csv").stat().st_size > 0
     (revnet,) = results["revnet"]
     slope = revnet["MB_per_layer_per_block"]
     assert 0 <= slope["mixed"] < 0.5 * slope["backprop"]
     assert abs(slope["reversible"]) < 0.1 * slope["backprop"]  # flat
     deepest = revnet["deepest_within_budget"]
+    assert deepest["reversible"] is None  # flat: no depth reaches the budget
     assert deepest["mixed"] >= 2 * deepest["backprop"]  # the paper's v2 claim
+    # Past the cap, the finite depths come from the line: ProjForward's slope is
+    # a third of Forward's, so it reaches deeper.
+    assert "projected forward" in deepest["extrapolated"]
+    cap = deepest["max_layers"]
+    assert deepest["projected forward"] > deepest["forward"] > cap
+    cases = {(r["kind"], r["chain"]): r for r in results["residuals"]}
+    assert set(cases) == {(c.kind, c.chain) for c in _memory.QUICK.residual_cases}
+    for (kind, chain), r in cases.items():
+        slope = r["MB_per_layer"]
+        # Mixed keeps less per layer than per-layer checkpointing (an activation
+        # per coupling), and backprop keeps more.
+        assert 0 <= slope["mixed"] < slope["checkpointed"] < slope["backprop"], kind
+        if "reversible" in slope:
+            assert abs(slope["reversible"]) < 1e-3 * slope["backprop"]
+        # The binomial baseline needs a stack; "bits" needs ReLU units.
+        if chain == "Sequential":
+            assert _residuals.BINOMIAL not in slope
+        if "mixed (bits)" in slope or "mixed (residuals)" in slope:
+            assert ("mixed (bits)" in slope) == RESIDUALS[kind].relu
+    # Every method ran somewhere.
+    measured = {m for r in cases.values() for m in r["MB"]}
+    assert measured == set(_residuals.METHODS)
 
 
 def test_time_quick(tmp_path):
@@ -147,6 +200,14 @@ def test_time_quick(tmp_path):
         for ratios in results[network]["ratio_to_backprop"].values():
             assert all(math.isfinite(r) and r > 0 for r in ratios)
     assert min(results["tiny"]["forward_over_moonwalk"]) > 1
+    assert (tmp_path / "time_vs_memory.png").stat().st_size > 0
+    residuals = results["residuals"]
+    for kind in _time.QUICK.residuals.kinds:
+        r = residuals[kind]
+        assert set(r["seconds"]) == set(r["MB"]) and "mixed" in r["seconds"]
+        assert r["ratio_to_backprop"]["backprop"] == 1
+        assert all(math.isfinite(v) and v > 0 for v in r["ratio_to_backprop"].values())
+        assert r["MB"]["mixed"] < r["MB"]["backprop"]
 
 
 def test_accuracy_quick(tmp_path):

@@ -6,7 +6,10 @@ compile takes about a second, which made building a RevNet take longer than
 measuring it.
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -187,24 +190,59 @@ def transformer(
     return inv.Sequential(chain.layers)
 
 
-# The residual kinds of the memory and time benchmarks: a chain of `depth`
-# couplings, and one example's input shape.
+@dataclasses.dataclass(frozen=True)
+class Residual:
+    """A residual kind of the memory and time benchmarks: `build(layers, scanned,
+    size)` is a chain of `layers` couplings (`Sequential` or `ScannedSequential`),
+    `example(size)` one example's input shape."""
+
+    label: str
+    build: Callable[[int, bool, dict], Any]
+    example: Callable[[dict], tuple[int, ...]]
+    relu: bool  # has ReLU units, so that Mixed's "bits" strategy applies
+    per_entry: int = 1  # couplings per entry of the stacked chain
+
+
+def _mlp_kind(label: str, **options) -> Residual:
+    def build(layers, scanned, size):
+        sizes = dict(features=size["features"], width=size["width"])
+        return mlp_couplings(layers, scanned=scanned, **sizes, **options)
+
+    relu = options.get("activation", jax.nn.relu) is jax.nn.relu
+    return Residual(label, build, lambda size: (size["features"],), relu)
+
+
+def _conv_build(layers, scanned, size):
+    sizes = dict(channels=size["channels"], hidden=size["hidden"])
+    return conv_couplings(layers, scanned=scanned, **sizes)
+
+
+def _transformer_build(layers, scanned, size):
+    if layers % 2:
+        raise ValueError(f"transformer: {layers} couplings is not a whole block count")
+    sizes = dict(features=size["features"], heads=size["heads"])
+    return transformer(layers // 2, scanned=scanned, **sizes)
+
+
+# Each kind's `size` keys: MLPs `features`, `width`; conv `channels`, `image`,
+# `hidden`; transformer `tokens`, `features`, `heads` (and `batch` for all).
 RESIDUALS = {
-    "relu": lambda depth, scanned, size: (
-        mlp_couplings(depth, scanned=scanned, **size),
-        (size["features"],),
+    "relu": _mlp_kind("MLP couplings, ReLU"),
+    "tanh": _mlp_kind("MLP couplings, tanh", activation=jnp.tanh),
+    "gelu": _mlp_kind("MLP couplings, GELU", activation=jax.nn.gelu),
+    "layernorm": _mlp_kind("pre-LayerNorm MLP couplings (ReLU)", layer_norm=True),
+    "groupnorm conv": Residual(
+        "GroupNorm conv couplings",
+        _conv_build,
+        lambda size: (size["channels"], size["image"], size["image"]),
+        relu=True,
     ),
-    "tanh": lambda depth, scanned, size: (
-        mlp_couplings(depth, activation=jnp.tanh, scanned=scanned, **size),
-        (size["features"],),
-    ),
-    "gelu": lambda depth, scanned, size: (
-        mlp_couplings(depth, activation=jax.nn.gelu, scanned=scanned, **size),
-        (size["features"],),
-    ),
-    "layernorm mlp": lambda depth, scanned, size: (
-        mlp_couplings(depth, layer_norm=True, scanned=scanned, **size),
-        (size["features"],),
+    "transformer": Residual(
+        "reversible transformer (attention + GELU MLP couplings, pre-LayerNorm)",
+        _transformer_build,
+        lambda size: (size["tokens"], size["features"]),
+        relu=False,
+        per_entry=2,
     ),
 }
 

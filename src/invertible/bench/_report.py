@@ -75,7 +75,12 @@ METHODS = (
 )
 # One colour per method in every figure; a variant ("mixed (anchors every 8)")
 # takes its method's colour unless it has its own.
-COLORS = {name: f"C{i}" for i, name in enumerate((*METHODS, "mixed (no anchors)"))}
+COLORS = {
+    name: f"C{i}"
+    for i, name in enumerate(
+        (*METHODS, "mixed (no anchors)", "binomial (Equinox internal)")
+    )
+}
 
 
 def color(label: str) -> str | None:
@@ -114,6 +119,47 @@ def save_plot(out: pathlib.Path, name: str, *panels: Panel) -> pathlib.Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     figure.tight_layout()
+    path = out / name
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def save_scatter(
+    out: pathlib.Path, name: str, *panels: Panel, columns: int = 3
+) -> pathlib.Path:
+    """Panels of points (each series one or more `(x, y)`), in rows of `columns`,
+    one legend below: e.g. memory against time, one point per method. A label has
+    the same colour and marker in every panel."""
+    rows = -(-len(panels) // columns)
+    width = min(columns, len(panels))
+    figure, axes = plt.subplots(
+        rows, width, figsize=(5.2 * width, 4.2 * rows), dpi=100, squeeze=False
+    )
+    markers = {}  # one marker per label, the same in every panel
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for label, (xs, ys) in panel.series.items():
+            marker = markers.setdefault(label, "os^vD<>pPX*h"[len(markers) % 12])
+            style = dict(color=color(label), marker=marker)
+            ax.scatter(xs, ys, s=30, label=label, **style)
+        ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        ax.title.set_fontsize(9)
+        if panel.logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    legend = {}  # every panel's labels once (a method may not apply to all)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    ncol = min(6, 3 * width)
+    lines = -(-len(legend) // ncol)
+    figure.legend(
+        list(legend.values()), list(legend), fontsize=7, loc="lower center", ncol=ncol
+    )
+    # Room for the legend's lines under the panels (in figure fractions).
+    figure.tight_layout(rect=(0, 0.045 * lines / rows, 1, 1))
     path = out / name
     figure.savefig(path)
     plt.close(figure)
