@@ -102,44 +102,34 @@ def _image_results(dist, x, key):
     )
 
 
-@pytest.fixture(scope="module")
-def image():
+# One test per flow, checking everything from one compile: under pytest-xdist
+# tests sharing a fixture could land on both workers and compile it twice.
+def test_image_flow():
     build = lambda k: to_float64(randomised(_image_flow(k), jr.fold_in(k, 1)))
     chain = compiled(build, jr.key(0))
     dist = Transformed(StandardNormal(SHAPE), Bijection(chain, SHAPE))
-    x = jr.normal(jr.key(2), (5, *SHAPE))
-    return dist, x, compiled(_image_results, dist, x, jr.key(3))
-
-
-def test_log_prob_is_base_density_plus_log_det(image):
-    dist, _, out = image
     assert dist.bijection.latent_shape == (8, 2, 2)
+    x = jr.normal(jr.key(2), (5, *SHAPE))
+    out = compiled(_image_results, dist, x, jr.key(3))
+
+    # log_prob is the base density of the latent plus the chain's log-det.
     assert_close(out["log_prob"], out["expected"])
-
-
-def test_samples_invert(image):
-    _, _, out = image
     # Sampling runs the chain's inverse: the data maps back to the base draws,
     # and the log-dets of the two directions cancel.
     assert out["samples"].shape == (3, *SHAPE)
     assert_close(out["sample_log_prob"], out["log_prob_of_samples"], rtol=1e-9)
     assert_close(out["back"], out["draws"])
     assert_close(out["log_dets"], jnp.zeros(3))
-
-
-def test_gradients_of_the_nll_equal_backprop(image):
-    grads = dict(image[2]["grads"])
+    # The gradients of the mean NLL are backprop's.
+    grads = dict(out["grads"])
     reference = grads.pop("backprop")
     for g in grads.values():
         assert_close(g, reference)
 
-
-def test_the_chain_is_differentiated_by_the_method(image):
-    dist, x, _ = image
+    # The chain is differentiated by the method, once, with the log-det in the
+    # carry: log_prob reached its forward_and_log_det, as one chain.
     spy = _Spy()
     eqx.filter_eval_shape(G.filter_grad(_nll, method=spy), dist, x)  # no compile
-    # Once, with the log-det in the carry: log_prob reached the chain's
-    # forward_and_log_det, as one chain.
     assert spy.seen == [("Unrolled", True)]
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import pathlib
 import time
 
-from . import _accuracy, _data, _memory, _time, _train
+from . import _accuracy, _data, _flow, _memory, _time, _train
 
 
 def _train_command(args) -> dict:
@@ -52,6 +52,13 @@ COMMANDS = {
         _accuracy.QUICK if a.quick else _accuracy.FULL, a.out
     ),
     "train": _train_command,
+    "flow": lambda a: _flow.flow(
+        dataclasses.replace(
+            _flow.QUICK if a.quick else _flow.FULL,
+            **({} if a.epochs is None else {"epochs": a.epochs}),
+        ),
+        a.out,
+    ),
     "demo": _demo,
 }
 
@@ -64,7 +71,8 @@ def main(argv=None) -> dict:
         "command",
         choices=list(COMMANDS),
         help="memory (Figs 2-3, and the deepest network within a budget), time "
-        "(Fig 4), accuracy (Fig 6), train (Fig 5), demo (memory and train, quick)",
+        "(Fig 4), accuracy (Fig 6), train (Fig 5), flow (a normalizing flow on the "
+        "digits), demo (memory and train, quick)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument(
@@ -85,7 +93,7 @@ def main(argv=None) -> dict:
         default=None,
         help="train --dataset cifar10: the folder with data_batch_1..5, test_batch",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="train: epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="train, flow: epochs")
     parser.add_argument(
         "--budget-mb",
         type=float,
