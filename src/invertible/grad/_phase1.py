@@ -13,6 +13,7 @@ that keeps only what the input path needs. Two forms, written for both layouts:
   segment's input held.
 """
 
+import functools as ft
 from typing import Any
 
 import equinox as eqx
@@ -52,7 +53,7 @@ def linearised_forward(
     fragments = layout.zeros(_fragment_shape, carry)
 
     def input_path(x, log_det, anchors, fragments):
-        def layer_step(c, layer, index):
+        def layer_step(c, layer, index, recomputed=False):
             how = plan.layer(layout.slot(index))
             arranged = arrange(layer, how)
 
@@ -60,9 +61,15 @@ def linearised_forward(
                 out = forward(arranged, c, index)
                 return out.x, out.log_det, out.state
 
-            if how != "inputs":  # which has its own `jax.checkpoint`, not nested
-                apply = jax.checkpoint(apply, policy=saveable)
-            x, log_det, state = layout.isolate(apply, c)
+            # A recomputed segment is checkpointed and fenced as a whole (below):
+            # a policy that saves residuals, or a fence, inside it would make it
+            # keep every layer's residuals. "inputs" has its own checkpoint.
+            if recomputed:
+                x, log_det, state = apply(c)
+            else:
+                if how != "inputs":
+                    apply = jax.checkpoint(apply, policy=saveable)
+                x, log_det, state = layout.isolate(apply, c)
             if needs_fragment(layer):
                 frozen = replace(c, x=jax.lax.stop_gradient(c.x))
                 capture = eqx.Partial(_capture_fragment, layer, frozen, index)
@@ -70,13 +77,14 @@ def linearised_forward(
             return replace(c, x=x, log_det=log_det, state=state)
 
         def run(segment, c):
-            out = segment.scan(layer_step, c)
+            out = segment.scan(ft.partial(layer_step, recomputed=True), c)
             return out.x, out.log_det, out.state
 
         def segment_step(c, segment, j):
             c = replace(c, x=tap((c.x, segments.read(anchors, j)), identity))
             if plan.segment(j):  # keep the segment's input, recompute it backwards
-                x, log_det, state = eqx.filter_checkpoint(run)(segment, c)
+                checkpointed = eqx.filter_checkpoint(run)
+                x, log_det, state = layout.isolate(checkpointed, segment, c)
                 return replace(c, x=x, log_det=log_det, state=state)
             return segment.scan(layer_step, c)
 

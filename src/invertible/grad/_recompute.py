@@ -89,9 +89,12 @@ def recompute_input_vjps(
 
     def back(h, layer, at):
         if kept is not None:
-            below = kept[at.position]
-        else:
-            below = _input_of(segment, start, at, h, forwards)
+            return segment.isolate(
+                lambda below, h: input_vjp(layer, below, h, ct_log_det, index=at),
+                kept[at.position],
+                h,
+            )
+        below = _input_of(segment, start, at, h, forwards)
         return input_vjp(layer, below, h, ct_log_det, index=at)
 
     return segment.scan(back, ct, reverse=True)
@@ -115,11 +118,11 @@ def recompute_grads(
 
     def back(state, layer, at):
         h, ct_condition, block = state
+        pull = lambda below, h: vjp_and_grads(layer, below, h, ct_log_det, index=at)
         if kept is not None:
-            below = kept[at.position]
+            h, g, g_condition = segment.isolate(pull, kept[at.position], h)
         else:
-            below = _input_of(segment, start, at, h, forwards)
-        h, g, g_condition = vjp_and_grads(layer, below, h, ct_log_det, index=at)
+            h, g, g_condition = pull(_input_of(segment, start, at, h, forwards), h)
         block = segment.write(block, segment.local(at), g)
         if ct_condition is not None:
             ct_condition = jax.tree.map(jnp.add, ct_condition, g_condition)

@@ -1,0 +1,72 @@
+"""Memory relations, from compiled programs (`temp_size_in_bytes` is a property of
+the program, not of the machine): on small chains of every residual kind of the
+benchmarks, in both chain forms, what Mixed keeps per coupling against per-layer
+checkpointing, and that its constant does not hold a segment's residuals.
+
+The benchmarks (`python -m invertible.bench memory`) measure the same at full
+size; these sizes are small but keep a coupling's activations over 20 times its
+parameters: Mixed's sweep also keeps a copy of each layer's gradients, which at
+smaller batches would weigh like activations."""
+
+import jax
+import pytest
+
+from invertible import grad as G
+from invertible.bench import _residuals
+from invertible.bench._measure import temp_bytes
+from invertible.bench._models import RESIDUALS, squared_loss
+
+SIZES = {
+    "relu": dict(batch=1024, features=32, width=32),
+    "tanh": dict(batch=1024, features=32, width=32),
+    "gelu": dict(batch=1024, features=32, width=32),
+    "layernorm": dict(batch=1024, features=32, width=32),
+    "groupnorm conv": dict(batch=64, channels=4, image=8, hidden=8),
+    "transformer": dict(batch=128, tokens=8, features=16, heads=2),
+}
+# Couplings. Mixed's anchors are 8 apart, so that a `Sequential` from 8 to 16
+# adds one segment; a stack compiles in a time that does not grow with depth.
+DEPTHS = {"Sequential": (16, 32), "ScannedSequential": (16, 64)}
+
+
+def _recompute(loss):
+    return G.filter_grad(loss, method=G.Mixed(strategy="recompute"))
+
+
+TRANSFORMS = {
+    "checkpointed": G.checkpointed_grad,
+    "mixed": G.mixed_grad,
+    "mixed (recompute)": _recompute,
+}
+
+
+def _measure(kind: str, chain: str) -> dict[str, list[int]]:
+    residual, size = RESIDUALS[kind], SIZES[kind]
+    scanned = chain == "ScannedSequential"
+    x = _residuals.example_input(residual, size)
+    out = {}
+    with jax.enable_x64(False):
+        for depth in DEPTHS[chain]:
+            model = residual.build(depth, scanned, size)
+            for name, transform in TRANSFORMS.items():
+                out.setdefault(name, []).append(
+                    temp_bytes(transform, squared_loss, model, x)
+                )
+    return out
+
+
+@pytest.mark.parametrize("chain", list(DEPTHS))
+@pytest.mark.parametrize("kind", list(SIZES))
+def test_mixed_keeps_a_quarter_of_checkpointing(kind, chain):
+    temps = _measure(kind, chain)
+    lo, hi = DEPTHS[chain]
+    slope = {m: (t[1] - t[0]) / (hi - lo) for m, t in temps.items()}
+    # Per coupling: at most a quarter of an activation (checkpointing keeps one),
+    # whichever strategy the plan picks.
+    assert 0 <= slope["mixed"] <= slope["checkpointed"] / 4, (kind, chain, slope)
+    # Recomputed segments keep what a segment needs, not every layer's residuals
+    # (measured: one or two activations per segment of 8).
+    assert slope["mixed (recompute)"] <= slope["checkpointed"] / 2, (kind, chain, slope)
+    # In all, at the deeper depth, less than checkpointing: the branch that would
+    # repair a drifted segment must not keep that segment's residuals.
+    assert temps["mixed"][1] < temps["checkpointed"][1], temps
