@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import jax.numpy as jnp
 
@@ -446,30 +445,30 @@ def memory(config: Config, out) -> dict:
         context = multiprocessing.get_context("spawn")
         # A fresh worker every few jobs: XLA's CPU code memory is not given back,
         # and a worker that compiled a whole run's programs ran out of it (LLVM
-        # "Unable to allocate section memory").
-        with ProcessPoolExecutor(
-            config.jobs, mp_context=context, max_tasks_per_child=4
-        ) as pool:
+        # "Unable to allocate section memory"). `multiprocessing.Pool`, not
+        # `ProcessPoolExecutor(max_tasks_per_child=...)`, which can wait forever
+        # for a retired worker on Python 3.11 (seen here).
+        with context.Pool(config.jobs, maxtasksperchild=4) as pool:
             known = {
                 padding: [
-                    pool.submit(_revnet_job, config, padding, layers)
+                    pool.apply_async(_revnet_job, (config, padding, layers))
                     for layers in _revnet_depths(config)
                 ]
                 for padding in config.paddings
             }
-            futures = {pool.submit(_temps, *job): job[:3] for job in jobs}
+            pending = {pool.apply_async(_temps, job): job[:3] for job in jobs}
             revnet = []
-            for padding, pending in known.items():
+            for padding, results in known.items():
                 done = {}
-                for future in progress(
-                    pending, f"memory, padding {padding} (workers)", total=len(pending)
+                for result in progress(
+                    results, f"memory, padding {padding} (workers)", total=len(results)
                 ):
-                    done.update(future.result())
+                    done.update(result.get())
                 revnet.append(_revnet(config, padding, out, done))
-            for future in progress(
-                as_completed(futures), "memory, residual kinds", total=len(jobs)
+            for result, key in progress(
+                pending.items(), "memory, residual kinds", total=len(jobs)
             ):
-                temps[futures[future]] = future.result()
+                temps[key] = result.get()
     else:
         revnet = [_revnet(config, padding, out) for padding in config.paddings]
         for job in progress(jobs, "memory, residual kinds"):
