@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 
 import invertible as inv
 from helpers import assert_close
@@ -140,3 +141,13 @@ def test_layers_with_random_permutations_stack():
         y, expected, x_again = _stacked_and_looped(make, keys, x)
         assert_close(y, expected)
         assert_close(x_again, x)
+
+
+def test_factor_out_samples_only_its_default_density():
+    y = jnp.zeros((2, 3))
+    z = inv.FactorOut(2).sample_factored(y, 5, key=jr.key(0))
+    assert z.shape == (3, 3)
+    # A given density cannot be sampled from: an error, not standard normal draws.
+    shifted = inv.FactorOut(2, lambda z: -0.5 * jnp.sum((z - 5.0) ** 2))
+    with pytest.raises(ValueError, match="FactorOut.*cannot be sampled"):
+        shifted.sample_factored(y, 5, key=jr.key(0))

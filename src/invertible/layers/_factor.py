@@ -105,8 +105,16 @@ class FactorOut(AbstractSubmersive):
     def sample_factored(
         self, y: Float[Array, "keep *rest"], channels: int, *, key: PRNGKeyArray
     ) -> Float[Array, "..."]:
-        """A standard normal draw of the factored part for an input of `channels`
-        channels (the base density, if `log_density` was left out)."""
+        """A draw of the factored part from the standard normal base density, for
+        an input of `channels` channels. Only for the default density: a given
+        `log_density` cannot be sampled from, and raises `ValueError`."""
+        if self.log_density is not None:
+            raise ValueError(
+                f"{layer_name(self)}.sample_factored: this layer's base density is "
+                "a given `log_density`, which cannot be sampled from; draw its "
+                "factored part with that density's own sampler and pass it to "
+                "`inverse(y, z=z)`."
+            )
         return jr.normal(key, (channels - self.keep, *y.shape[1:]), y.dtype)
 
     def inverse_jvp(
