@@ -6,13 +6,22 @@ and turn a would-be wrong gradient into an error that names the layer.
 
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
 
 def layer_name(layer: object) -> str:
-    """The class name of `layer` (or `layer` itself, if it is already a name)."""
-    return layer if isinstance(layer, str) else type(layer).__name__
+    """The class name of `layer` (or `layer` itself, if it is already a name); for
+    a plain function in a chain (`jnp.tanh`), `function <name>`: its class
+    (`PjitFunction`) would say nothing."""
+    if isinstance(layer, str):
+        return layer
+    if not isinstance(layer, eqx.Module) and callable(layer):
+        name = getattr(layer, "__name__", None)
+        if isinstance(name, str) and not isinstance(layer, type):
+            return f"function {name}"
+    return type(layer).__name__
 
 
 def check_float(layer: object, x: Array, what: str = "input") -> None:

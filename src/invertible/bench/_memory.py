@@ -36,7 +36,6 @@ FULL_SIZES = {
 # or the per-layer bytes measure copies of the parameters instead.
 QUICK_SIZES = {
     "relu": dict(batch=256, features=32, width=32),
-    "transformer": dict(batch=64, tokens=8, features=16, heads=2),
 }
 
 
@@ -98,11 +97,10 @@ QUICK = Config(
     residual_cases=(
         Case("relu", "ScannedSequential"),
         Case("relu", "Sequential", QUICK_METHODS),
-        Case("transformer", "ScannedSequential", QUICK_METHODS),
     ),
     residual_sizes=QUICK_SIZES,
-    # Not below 8 in a `Sequential`: up to Mixed's anchor spacing (8) its memory is
-    # that of its repair branch, about backprop's over those layers.
+    # Not below 8 in a `Sequential`: up to Mixed's anchor spacing (8) there is one
+    # segment, and no anchor to grow by.
     residual_depths={"Sequential": (8, 16), "ScannedSequential": (4, 16)},
     # In this process: a spawned worker cannot start where `__main__` is not a
     # file (a pytest-xdist worker reads its code from stdin), and waits forever.
