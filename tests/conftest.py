@@ -1,3 +1,5 @@
+import gc
+
 import jax
 import jaxtyping
 import pytest
@@ -14,3 +16,14 @@ def own_checks():
     jaxtyping.config.update("jaxtyping_disable", True)
     yield
     jaxtyping.config.update("jaxtyping_disable", before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's caches of compiled programs after each test module. A test
+    worker compiles thousands of programs, and XLA's CPU code memory is given back
+    only with them; once, late in a run, both workers crashed inside XLA's
+    compiler (a segmentation fault), the failure this is meant to keep away."""
+    yield
+    jax.clear_caches()
+    gc.collect()

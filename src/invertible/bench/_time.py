@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from . import _residuals
 from ._measure import compile_for, interleaved_medians, methods
-from ._memory import FULL_SIZES, QUICK_SIZES
+from ._memory import FULL_SIZES, QUICK_METHODS, QUICK_SIZES
 from ._models import RESIDUALS, conv_revnet, squared_loss
 from ._report import (
     Panel,
@@ -121,7 +121,13 @@ QUICK = Config(
     tiny=dataclasses.replace(
         FULL.tiny, image=4, batch=2, hidden=4, layers_per_block=(1,), repeats=2
     ),
-    residuals=Residuals(kinds=("relu",), sizes=QUICK_SIZES, depth=8, repeats=2),
+    residuals=Residuals(
+        kinds=("relu",),
+        sizes=QUICK_SIZES,
+        depth=8,
+        repeats=2,
+        methods=QUICK_METHODS,
+    ),
     fast_compile=True,
 )
 
