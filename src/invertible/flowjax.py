@@ -86,10 +86,10 @@ class Bijection(AbstractBijection):
         if not is_invertible(chain):
             raise TypeError(
                 f"invertible.flowjax.Bijection: {layer_name(chain)} is not "
-                "invertible (every layer must be an `invertible.AbstractInvertible`). "
-                "A multi-scale flow with `invertible.FactorOut` is not a bijection: "
-                "evaluate `log p(x) = log p_base(z) + log_det` from its "
-                "`forward_and_log_det` directly."
+                f"invertible: {_first_not_invertible(chain)} (every layer must be an "
+                "`invertible.AbstractInvertible`). A multi-scale flow with "
+                "`invertible.FactorOut` is not a bijection: evaluate `log p(x) = "
+                "log p_base(z) + log_det` from its `forward_and_log_det` directly."
             )
         self.chain = chain
         self.shape = tuple(int(n) for n in shape)
@@ -137,3 +137,12 @@ class Bijection(AbstractBijection):
 def _condition(condition: Array | None) -> dict:
     # Only conditional flows pass one: a lone layer's methods need not take it.
     return {} if condition is None else {"condition": condition}
+
+
+def _first_not_invertible(chain) -> str:
+    """Where a chain stops being invertible, for the error: `layer i (Name)`."""
+    layers = chain.layout.layer_types() if hasattr(chain, "layout") else (chain,)
+    for i, layer in enumerate(layers):
+        if not is_invertible(layer):
+            return f"layer {i} ({layer_name(layer)})"
+    return "one of its layers"
