@@ -170,7 +170,9 @@ def fenced(f: Callable, *args):
     # Traced once (a jaxpr replayed in the branch): the zeros branch needs the
     # output's shapes, and tracing `f` twice would double the compile time.
     run = eqx.filter_closure_convert(lambda d: f(*eqx.combine(d, static)), dynamic)
-    out = jax.eval_shape(run, dynamic)
+    # `run.out_struct`, not `eval_shape(run)`: JAX names a function by `str(fun)`,
+    # and printing this module prints its whole jaxpr.
+    out = run.out_struct
     always = jax.lax.optimization_barrier(jnp.bool_(True))
     return jax.lax.cond(always, lambda d: run(d), lambda _: _zeros(out), dynamic)
 

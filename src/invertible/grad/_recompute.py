@@ -45,7 +45,7 @@ def _traced_forwards(segment: AbstractLayout, start: Carry):
         run = _forward_of(layer, index)
         traced = eqx.filter_closure_convert(run, carry)
         forwards.append(traced)
-        carry = eqx.filter_eval_shape(traced, carry)
+        carry = traced.out_struct
     return forwards
 
 
