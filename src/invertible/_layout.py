@@ -167,14 +167,22 @@ def fenced(f: Callable, *args):
     runs as a unit, like a scan body.
     """
     dynamic, static = eqx.partition(args, eqx.is_array)
-    # Traced once (a jaxpr replayed in the branch): the zeros branch needs the
-    # output's shapes, and tracing `f` twice would double the compile time.
-    run = eqx.filter_closure_convert(lambda d: f(*eqx.combine(d, static)), dynamic)
-    # `run.out_struct`, not `eval_shape(run)`: JAX names a function by `str(fun)`,
-    # and printing this module prints its whole jaxpr.
-    out = run.out_struct
+    shapes = []
+
+    def run(dynamic):
+        out = f(*eqx.combine(dynamic, static))
+        shapes.append(
+            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), out)
+        )
+        return out
+
+    def zeros(dynamic):
+        # `f` is traced once: `lax.cond` traces the true branch first, whose output
+        # shapes the zeros take (were the order to change, they are worked out).
+        return _zeros(shapes[0] if shapes else jax.eval_shape(run, dynamic))
+
     always = jax.lax.optimization_barrier(jnp.bool_(True))
-    return jax.lax.cond(always, lambda d: run(d), lambda _: _zeros(out), dynamic)
+    return jax.lax.cond(always, run, zeros, dynamic)
 
 
 # ------------------------------------------------------------------------- unrolled
