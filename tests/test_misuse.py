@@ -332,3 +332,15 @@ def test_bad_chunk_size_and_num_tangents(value):
 def test_projected_forward_grad_needs_its_key():
     with pytest.raises(TypeError, match="projected_forward_grad: .*`tangent_key`"):
         G.projected_forward_grad(loss)(chain(), X)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [inv.ReLU, lambda: eqx.nn.Linear(4, 4, key=jr.key(0))],
+    ids=["ReLU", "Linear"],
+)
+def test_log_det_of_a_chain_names_the_layer_without_one(make):
+    model = inv.Sequential([inv.ActNorm(4), make()])
+    match = r"Sequential.forward_and_log_det: .* log-determinant .*1: (ReLU|Linear)"
+    with pytest.raises(TypeError, match=match):
+        model.forward_and_log_det(X)

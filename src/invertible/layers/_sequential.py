@@ -105,6 +105,17 @@ class _Chain(AbstractChain):
         `(y, log_det)` with `log_det = log |det ∂y/∂x|`, a scalar; gradient
         transforms differentiate the pair by their method.
         """
+        bad = _describe(
+            self.layout.layer_types(),
+            lambda layer: not callable(getattr(layer, "forward_and_log_det", None)),
+        )
+        if bad:
+            raise TypeError(
+                f"{layer_name(self)}.forward_and_log_det: these layers have no "
+                f"log-determinant (`forward_and_log_det`): {bad}. Invertible layers "
+                "(`AbstractInvertible`) and `FactorOut` have one; a flow can hold "
+                "only those."
+            )
         out = run_chain(self, self._start(x, _sentinel, key, condition, log_det=True))
         return out.x, out.log_det
 
