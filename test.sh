@@ -18,7 +18,8 @@ section "tests: python -m pytest${*:+ $*}"
 start=$SECONDS
 status=0
 # Two workers (CI has two cores): compiling dominates, and XLA compiles on one.
-python -m pytest -ra --durations=5 -n "${TEST_WORKERS:-2}" "$@" || status=$?
+# Work stealing: test times range from a second to a minute.
+python -m pytest -ra --durations=5 -n "${TEST_WORKERS:-2}" --dist worksteal "$@" || status=$?
 echo "test wall time: $((SECONDS - start)) s"
 if [ "$status" -eq 5 ]; then
     echo "error: pytest collected no tests (exit code 5); counting that as a failure." >&2
