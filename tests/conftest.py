@@ -1,3 +1,4 @@
+import contextlib
 import gc
 
 import jax
@@ -8,14 +9,32 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 
+@contextlib.contextmanager
+def _type_checks_off():
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
 @pytest.fixture
 def own_checks():
     """Switch off jaxtyping's runtime checks (on in the test run, off for users), so
     that the layers' own checks are the ones tested."""
-    before = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", before)
+    with _type_checks_off():
+        yield
+
+
+@pytest.fixture
+def unchecked():
+    """Switch off jaxtyping's runtime checks for tests that measure compiled
+    programs or run the benchmarks: they trace the code paths that the property
+    and exactness suites already check, at other sizes, and the checks cost a fifth
+    of their (tracing-bound) time."""
+    with _type_checks_off():
+        yield
 
 
 @pytest.fixture(autouse=True, scope="module")

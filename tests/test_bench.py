@@ -19,6 +19,8 @@ from invertible.bench._measure import relative_error, temp_bytes
 from invertible.bench._memory import deepest_within
 from invertible.bench._models import RESIDUALS, conv_revnet, squared_loss
 
+pytestmark = pytest.mark.usefixtures("unchecked")
+
 
 def _run(command: str, out, *extra: str) -> None:
     # As from the command line: the test run enables float64 globally.

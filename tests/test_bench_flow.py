@@ -5,8 +5,11 @@ import json
 import math
 
 import jax
+import pytest
 
 from invertible.bench.__main__ import main
+
+pytestmark = pytest.mark.usefixtures("unchecked")
 
 
 def test_flow_quick(tmp_path):

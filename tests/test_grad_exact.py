@@ -61,13 +61,13 @@ def _check(arch, data):
 slow_ok = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=24, **slow_ok)
+@settings(max_examples=20, **slow_ok)
 @given(arch=architectures(scanned=False), data=st.data())
 def test_sequential_models(arch, data):
     _check(arch, data)
 
 
-@settings(max_examples=12, **slow_ok)
+@settings(max_examples=10, **slow_ok)
 @given(arch=architectures(scanned=True), data=st.data())
 def test_scanned_models(arch, data):
     _check(arch, data)

@@ -42,7 +42,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("entry", REGISTRY, ids=repr)
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(data=st.data(), seed=seeds)
 def test_check_layer(entry, data, seed):
     layer, x = build(entry, seed, data.draw(entry.shapes))

@@ -16,6 +16,9 @@ from invertible.bench import _residuals
 from invertible.bench._measure import temp_bytes
 from invertible.bench._models import RESIDUALS, squared_loss
 
+pytestmark = pytest.mark.usefixtures("unchecked")
+
+
 SIZES = {
     "relu": dict(batch=1024, features=32, width=32),
     "tanh": dict(batch=1024, features=32, width=32),

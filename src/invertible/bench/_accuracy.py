@@ -42,7 +42,7 @@ class Config:
 
 FULL = Config(image=8, batch=8, padding=8, hidden=16, layers_per_block=(2, 16, 48))
 QUICK = Config(
-    image=4, batch=4, padding=8, hidden=8, layers_per_block=(4,), fast_compile=True
+    image=4, batch=4, padding=8, hidden=8, layers_per_block=(2,), fast_compile=True
 )
 
 

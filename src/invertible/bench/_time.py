@@ -116,7 +116,7 @@ FULL = Config(
 )
 QUICK = Config(
     revnet=dataclasses.replace(
-        FULL.revnet, image=8, batch=8, padding=8, layers_per_block=(1, 2), repeats=3
+        FULL.revnet, image=8, batch=8, padding=8, layers_per_block=(2,), repeats=3
     ),
     tiny=dataclasses.replace(
         FULL.tiny, image=4, batch=2, hidden=4, layers_per_block=(1,), repeats=2
