@@ -97,6 +97,17 @@ class AbstractLayout(eqx.Module):
         """`store` with `segment`'s part replaced by `block`."""
         raise NotImplementedError
 
+    def part(self, store: PyTree, segment: "AbstractLayout") -> tuple:
+        """`(part, owner)`: what a computation over `segment` takes of per-layer
+        storage `store` to write over, as the storage of `owner`. By default the
+        segment's block, its own storage; a layout whose blocks are copies (a
+        stack's are slices) gives the whole store, to be written in place."""
+        return self.block(store, segment), segment
+
+    def with_part(self, store, segment: "AbstractLayout", part, owner) -> PyTree:
+        """`store` with what `part` (see `part`) holds."""
+        return part if owner is self else self.with_block(store, segment, part)
+
     def local(self, index: Index) -> Index:
         """`index`, counted from this layout's first entry (for its own storage)."""
         return index._replace(entry=index.entry - self.start)
@@ -366,6 +377,9 @@ class Scanned(AbstractLayout):
 
     def read(self, store, index):
         return jax.tree.map(lambda s: s[index.entry], self._part(store, index))
+
+    def part(self, store, segment):
+        return store, self
 
     def block(self, store, segment):
         take = lambda a: jax.lax.dynamic_slice_in_dim(a, segment.start, segment.length)

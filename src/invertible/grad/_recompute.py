@@ -107,11 +107,16 @@ def recompute_grads(
     ct_log_det,
     block,
     *,
+    owner: AbstractLayout | None = None,
     short: bool = False,
 ):
     """Reverse mode with parameter gradients: `(block, ct_condition)`, the
-    segment's per-layer gradients in its own storage `block` (written over) and its
-    condition's cotangent."""
+    segment's per-layer gradients written over in `block` and its condition's
+    cotangent. `block` is the storage of `owner`: by default the segment's own;
+    or that of a layout the segment is part of (the whole chain), written in place.
+    """
+    owner = segment if owner is None else owner
+    where = segment.local if owner is segment else (lambda index: index)
     ct_condition = jax.tree.map(jnp.zeros_like, start.condition)
     kept = _kept_inputs(segment, start, short)
     forwards = None if kept is not None else _traced_forwards(segment, start)
@@ -123,7 +128,7 @@ def recompute_grads(
             h, g, g_condition = segment.isolate(pull, kept[at.position], h)
         else:
             h, g, g_condition = pull(_input_of(segment, start, at, h, forwards), h)
-        block = segment.write(block, segment.local(at), g)
+        block = owner.write(block, where(at), g)
         if ct_condition is not None:
             ct_condition = jax.tree.map(jnp.add, ct_condition, g_condition)
         return h, ct_condition, block

@@ -149,32 +149,39 @@ def sweep(
         carry, h, own_condition, grads, vijp = segment.scan(layer_step, inner)
         drift = relative_difference(h, exact_end(j))
         drifted = jnp.logical_not(drift <= tolerance)  # NaN drifts
-        block = layout.block(grads, segment)
         if on_drift == "repair":
-            block, own_condition = jax.lax.cond(
+            # Written over where the segment's gradients lie: a stack's part would
+            # be a slice, a copy of them (a segment's parameters, measured).
+            part, owner = layout.part(grads, segment)
+            part, own_condition = jax.lax.cond(
                 drifted,
-                lambda block, own: recompute_grads(
+                lambda part, own: recompute_grads(
                     segment,
                     start,
                     exact_end(j),
                     ct_log_det,
-                    block,
+                    part,
+                    owner=owner,
                     short=short_segments,
                 ),
-                lambda block, own: (block, own),
-                block,
+                lambda part, own: (part, own),
+                part,
                 own_condition,
             )
+            grads = layout.with_part(grads, segment, part, owner)
         elif on_drift == "nan":
+            block = layout.block(grads, segment)
             block = jax.tree.map(lambda g: jnp.where(drifted, jnp.nan, g), block)
+            grads = layout.with_block(grads, segment, block)
         elif on_drift == "error":
+            block = layout.block(grads, segment)
             block = eqx.error_if(
                 block,
                 drifted,
                 "the forward sweep drifted from the exact cotangent beyond its "
                 "tolerance (see the report: `report=True`); use `on_drift='repair'`",
             )
-        grads = layout.with_block(grads, segment, block)
+            grads = layout.with_block(grads, segment, block)
         figures = {
             "drift": figures["drift"].at[j].set(drift),
             "repaired": figures["repaired"]
