@@ -98,8 +98,9 @@ QUICK = Config(
     residual_cases=(Case("relu", "ScannedSequential"),),
     residual_sizes=QUICK_SIZES,
     # Not below 8 in a `Sequential`: up to Mixed's anchor spacing (8) there is one
-    # segment, and no anchor to grow by.
-    residual_depths={"Sequential": (8, 16), "ScannedSequential": (4, 16)},
+    # segment, and no anchor to grow by. A stack compiles in a time that does not
+    # grow with depth: the full run's depths, past the first anchors.
+    residual_depths={"Sequential": (8, 16), "ScannedSequential": (16, 64)},
     # In this process: a spawned worker cannot start where `__main__` is not a
     # file (a pytest-xdist worker reads its code from stdin), and waits forever.
     jobs=1,
