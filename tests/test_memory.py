@@ -8,6 +8,7 @@ size; these sizes are small but keep a coupling's activations over 20 times its
 parameters: Mixed's sweep also keeps a copy of each layer's gradients, which at
 smaller batches would weigh like activations."""
 
+import equinox as eqx
 import jax
 import pytest
 
@@ -74,3 +75,28 @@ def test_mixed_keeps_a_quarter_of_checkpointing(kind, chain):
     # In all, at the deeper depth, less than checkpointing: the branch that would
     # repair a drifted segment must not keep that segment's residuals.
     assert temps["mixed"][1] < temps["checkpointed"][1], temps
+
+
+def test_repairing_a_stack_keeps_no_copy_of_a_segments_gradients():
+    # Parameters large against activations, so that a copy of one segment's
+    # gradients (8 couplings') would show: the branch that repairs a drifted
+    # segment writes over the stack's gradients in place (before, it took a slice
+    # of them, a copy, kept whether or not a segment drifted: 552 KB here).
+    residual, size = RESIDUALS["relu"], dict(batch=64, features=64, width=256)
+    x = _residuals.example_input(residual, size)
+    with jax.enable_x64(False):
+        model = residual.build(32, True, size)
+        temps = {
+            on_drift: temp_bytes(
+                lambda loss, o=on_drift: G.filter_grad(
+                    loss, method=G.Mixed(on_drift=o)
+                ),
+                squared_loss,
+                model,
+                x,
+            )
+            for on_drift in ("repair", "ignore")
+        }
+    parameters = eqx.filter(model, eqx.is_inexact_array)
+    segment = 8 * sum(a.nbytes for a in jax.tree.leaves(parameters)) // 32
+    assert temps["repair"] - temps["ignore"] < segment / 4, (temps, segment)
