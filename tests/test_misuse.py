@@ -344,3 +344,12 @@ def test_log_det_of_a_chain_names_the_layer_without_one(make):
     match = r"Sequential.forward_and_log_det: .* log-determinant .*1: (ReLU|Linear)"
     with pytest.raises(TypeError, match=match):
         model.forward_and_log_det(X)
+
+
+def test_a_conditional_coupling_called_without_its_condition():
+    # The residual reads the half with a 3-vector condition appended: 2 + 3 inputs.
+    residual = eqx.nn.MLP(5, 2, 8, 1, key=jr.key(0))
+    layer = inv.AdditiveCoupling(residual)
+    assert layer(X, condition=jnp.ones(3)).shape == X.shape
+    with pytest.raises(TypeError, match=r"AdditiveCoupling: .* \(no condition; "):
+        layer(X)

@@ -49,12 +49,28 @@ def call_residual(
     if condition is not None:
         x = with_condition(layer, x, condition, axis)
     options = {"key": key} if key is not None and takes(fn, "key") else {}
-    if is_stateful(fn):
-        if state is None:
-            raise TypeError(
-                f"{layer_name(layer)}: its {layer_name(fn)} is stateful; call it as "
-                "`layer(x, state)` (or its chain as `chain(x, state)`), with the "
-                "state from `eqx.nn.make_with_state`."
-            )
-        return fn(x, state, **options)
-    return fn(x, **options), state
+    if is_stateful(fn) and state is None:
+        raise TypeError(
+            f"{layer_name(layer)}: its {layer_name(fn)} is stateful; call it as "
+            "`layer(x, state)` (or its chain as `chain(x, state)`), with the "
+            "state from `eqx.nn.make_with_state`."
+        )
+    try:
+        if is_stateful(fn):
+            return fn(x, state, **options)
+        return fn(x, **options), state
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise  # JAX's own kinds (say, a concretization error) stay as they are
+        # The usual cause: a conditional flow called without its condition, or
+        # a plain one with one.
+        given = (
+            "no condition"
+            if condition is None
+            else f"the condition appended along axis {axis}"
+        )
+        raise type(error)(
+            f"{layer_name(layer)}: its {layer_name(fn)} rejects its input, of shape "
+            f"{x.shape} ({given}; a conditional layer needs `condition=` at every "
+            f"call): {error}"
+        ) from error
