@@ -339,11 +339,14 @@ def test_projected_forward_grad_needs_its_key():
     [inv.ReLU, lambda: eqx.nn.Linear(4, 4, key=jr.key(0))],
     ids=["ReLU", "Linear"],
 )
-def test_log_det_of_a_chain_names_the_layer_without_one(make):
+def test_log_det_and_inverse_of_a_chain_name_the_layer_without_one(make):
     model = inv.Sequential([inv.ActNorm(4), make()])
     match = r"Sequential.forward_and_log_det: .* log-determinant .*1: (ReLU|Linear)"
     with pytest.raises(TypeError, match=match):
         model.forward_and_log_det(X)
+    match = r"Sequential.inverse: these layers have no `inverse`: 1: (ReLU|Linear)"
+    with pytest.raises(TypeError, match=match):
+        model.inverse(X)
 
 
 def test_a_conditional_coupling_called_without_its_condition():

@@ -105,17 +105,13 @@ class _Chain(AbstractChain):
         `(y, log_det)` with `log_det = log |det ∂y/∂x|`, a scalar; gradient
         transforms differentiate the pair by their method.
         """
-        bad = _describe(
-            self.layout.layer_types(),
-            lambda layer: not callable(getattr(layer, "forward_and_log_det", None)),
+        self._require(
+            "forward_and_log_det",
+            lambda layer: callable(getattr(layer, "forward_and_log_det", None)),
+            "log-determinant (`forward_and_log_det`)",
+            "Invertible layers (`AbstractInvertible`) and `FactorOut` have one; a "
+            "flow can hold only those.",
         )
-        if bad:
-            raise TypeError(
-                f"{layer_name(self)}.forward_and_log_det: these layers have no "
-                f"log-determinant (`forward_and_log_det`): {bad}. Invertible layers "
-                "(`AbstractInvertible`) and `FactorOut` have one; a flow can hold "
-                "only those."
-            )
         out = run_chain(self, self._start(x, _sentinel, key, condition, log_det=True))
         return out.x, out.log_det
 
@@ -129,18 +125,22 @@ class _Chain(AbstractChain):
         """Whether every layer is invertible, so that `inverse` exists."""
         return is_invertible(self)
 
-    def _require_invertible(self, what: str) -> None:
-        bad = _describe(
-            self.layout.layer_types(), lambda layer: not is_invertible(layer)
-        )
+    def _require(self, what: str, has, lacking: str, advice: str) -> None:
+        """A `TypeError` for `what` naming the layers for which `has` is false."""
+        bad = _describe(self.layout.layer_types(), lambda layer: not has(layer))
         if bad:
             raise TypeError(
-                f"{layer_name(self)}.{what}: these layers have no `inverse`: {bad}. "
-                "Only chains of `AbstractInvertible` layers can be inverted."
+                f"{layer_name(self)}.{what}: these layers have no {lacking}: {bad}. "
+                f"{advice}"
             )
 
     def _inverted(self, y, key, condition, log_det: bool) -> Carry:
-        self._require_invertible("inverse_and_log_det" if log_det else "inverse")
+        self._require(
+            "inverse_and_log_det" if log_det else "inverse",
+            is_invertible,
+            "`inverse`",
+            "Only chains of `AbstractInvertible` layers can be inverted.",
+        )
         start = jnp.zeros((), jnp.result_type(y)) if log_det else None
         return self.layout.scan(
             lambda c, layer, index: inverse(layer, c, index),
