@@ -47,8 +47,11 @@ class AbstractLayout(eqx.Module):
         reverse)."""
         raise NotImplementedError
 
-    def segments(self, k: int) -> "AbstractSegments":
-        """The layers in runs of `k` (the last may be shorter)."""
+    def segments(self, k: int, *, views: bool = False) -> "AbstractSegments":
+        """The layers in runs of `k` (the last may be shorter). `views`: for a
+        computation that JAX does not differentiate through the segments (a
+        stack's segments then read their entries from the whole stack one at a
+        time, instead of each holding a copy of its own)."""
         raise NotImplementedError
 
     def layer_types(self) -> tuple:
@@ -149,6 +152,11 @@ class AbstractSegments(eqx.Module):
     def read(self, store: PyTree, j) -> PyTree:
         raise NotImplementedError
 
+    def locate(self, index: Index) -> tuple:
+        """`(j, first)`: the segment of the layer at `index`, and whether it is
+        the segment's first layer (static where the layout's indices are)."""
+        raise NotImplementedError
+
 
 def _zeros(struct: PyTree, lead: tuple = ()) -> PyTree:
     return jax.tree.map(lambda s: jnp.zeros((*lead, *s.shape), s.dtype), struct)
@@ -222,7 +230,7 @@ class Unrolled(AbstractLayout):
             init = step(init, self.layers[i], self.index(i))
         return init
 
-    def segments(self, k: int) -> "UnrolledSegments":
+    def segments(self, k: int, *, views: bool = False) -> "UnrolledSegments":
         bounds = range(0, len(self.layers), k)
         return UnrolledSegments(
             tuple(
@@ -283,6 +291,11 @@ class UnrolledSegments(AbstractSegments):
             init = step(init, self.parts[j], j)
         return init
 
+    def locate(self, index):
+        starts = self.starts()
+        j = max(j for j, s in enumerate(starts) if s <= index.position)
+        return j, index.position == starts[j]
+
     def zeros(self, make, carry):
         def walk(carry):
             out = []
@@ -317,6 +330,10 @@ class Scanned(AbstractLayout):
     length: int = eqx.field(static=True)
     size: int = eqx.field(static=True, default=1)
     start: Any = 0
+    # A view (see `ScannedSegments`): `stack` holds more entries, from position
+    # `origin` on, and entries `start + i` are read from it one at a time.
+    view: bool = eqx.field(static=True, default=False)
+    origin: Any = 0
 
     def __len__(self) -> int:
         return self.length * self.size
@@ -334,16 +351,21 @@ class Scanned(AbstractLayout):
 
         def body(carry, item):
             params, entry = item
+            if self.view:
+                at = entry - self.origin
+                take = lambda a: jax.lax.dynamic_index_in_dim(a, at, keepdims=False)
+                params = jax.tree.map(take, dynamic)
             layers = _entry_layers(eqx.combine(params, static), self.size)
             for j in reversed(subs) if reverse else subs:
                 index = Index(entry * self.size + j, entry, j)
                 carry = step(carry, layers[j], index)
             return carry, None
 
-        return jax.lax.scan(body, init, (dynamic, positions), reverse=reverse)[0]
+        xs = (None if self.view else dynamic, positions)
+        return jax.lax.scan(body, init, xs, reverse=reverse)[0]
 
-    def segments(self, k: int) -> "ScannedSegments":
-        return ScannedSegments(self, max(1, math.ceil(k / self.size)))
+    def segments(self, k: int, *, views: bool = False) -> "ScannedSegments":
+        return ScannedSegments(self, max(1, math.ceil(k / self.size)), views)
 
     def layer_types(self) -> tuple:
         dynamic, static = self._split()
@@ -403,29 +425,39 @@ class ScannedSegments(AbstractSegments):
     method differentiates or checkpoints: the segments' parameters then reach the
     scan as its `xs`, which JAX forwards as they are; cut inside, they would be
     intermediates, and a copy of every layer's parameters would be kept as
-    residuals (measured)."""
+    residuals (measured).
 
-    head: Any  # the first q * k entries, with leading axes (q, k)
+    With `views` (where JAX does not differentiate through the segments) nothing is
+    cut: each segment reads its entries from the whole stack one at a time, which
+    spares XLA the copy of a segment's parameters that a sliced `xs` costs in a
+    nested scan (measured)."""
+
+    head: Any  # the first q * k entries, with leading axes (q, k); with views, all
     tail: Any  # the last r entries, or None
     static: Any = eqx.field(static=True)
     k: int = eqx.field(static=True)
     q: int = eqx.field(static=True)
     r: int = eqx.field(static=True)
     size: int = eqx.field(static=True)
+    views: bool = eqx.field(static=True)
     start: Any
 
-    def __init__(self, layout: Scanned, k: int):
+    def __init__(self, layout: Scanned, k: int, views: bool = False):
         q, r = divmod(layout.length, k)
         dynamic, self.static = layout._split()
-        self.head = jax.tree.map(
-            lambda a: a[: q * k].reshape(q, k, *a.shape[1:]), dynamic
-        )
-        self.tail = jax.tree.map(lambda a: a[q * k :], dynamic) if r else None
-        self.k, self.q, self.r, self.size, self.start = (
+        if views:
+            self.head, self.tail = dynamic, None
+        else:
+            self.head = jax.tree.map(
+                lambda a: a[: q * k].reshape(q, k, *a.shape[1:]), dynamic
+            )
+            self.tail = jax.tree.map(lambda a: a[q * k :], dynamic) if r else None
+        self.k, self.q, self.r, self.size, self.views, self.start = (
             k,
             q,
             r,
             layout.size,
+            views,
             layout.start,
         )
 
@@ -436,7 +468,12 @@ class ScannedSegments(AbstractSegments):
         return [j * self.k * self.size for j in range(len(self))]
 
     def _segment(self, params, length: int, start) -> Scanned:
-        return Scanned(eqx.combine(params, self.static), length, self.size, start)
+        if self.views:
+            params, view, origin = self.head, True, self.start
+        else:
+            view, origin = False, 0
+        stack = eqx.combine(params, self.static)
+        return Scanned(stack, length, self.size, start, view, origin)
 
     def scan(self, step, init, *, reverse=False):
         q, r, k = self.q, self.r, self.k
@@ -448,7 +485,7 @@ class ScannedSegments(AbstractSegments):
         def head(carry):
             if q == 0:
                 return carry
-            items = (self.head, jnp.arange(q))
+            items = (None if self.views else self.head, jnp.arange(q))
             return jax.lax.scan(full, carry, items, reverse=reverse)[0]
 
         def tail(carry):
@@ -457,6 +494,12 @@ class ScannedSegments(AbstractSegments):
             return step(carry, self._segment(self.tail, r, self.start + q * k), q)
 
         return head(tail(init)) if reverse else tail(head(init))
+
+    def locate(self, index):
+        if index.sub != 0:
+            return None, False
+        entry = index.entry - self.start
+        return entry // self.k, entry % self.k == 0
 
     def zeros(self, make, carry):
         return _zeros(jax.eval_shape(make, carry), (len(self),))

@@ -103,14 +103,14 @@ class Mixed(AbstractRuleMethod):
 
     def forward(self, layout, carry):
         plan = self.plan(layout, carry)
-        segments = layout.segments(plan.k)
-        if plan.rebuild:
-            return rebuilt_forward(layout, segments, carry)
-        return linearised_forward(layout, segments, carry, plan)
+        if plan.rebuild:  # not differentiated by JAX: the segments may be views
+            return rebuilt_forward(layout, layout.segments(plan.k, views=True), carry)
+        return linearised_forward(layout, layout.segments(plan.k), carry, plan)
 
     def backward(self, residuals, ct, layout, carry):
         plan = self.plan(layout, carry)
-        segments = layout.segments(plan.k)
+        # Not differentiated by JAX: the segments are views of a stack, not slices.
+        segments = layout.segments(plan.k, views=True)
         rebuild = None
         # Without anchors the one segment is the whole chain: its repair must not
         # keep its activations.

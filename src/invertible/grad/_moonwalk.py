@@ -59,7 +59,7 @@ class Moonwalk(AbstractRuleMethod):
     def backward(self, residuals, ct, layout, carry):
         del residuals
         h0 = input_cotangent_by_jvps(layout, carry, ct, self.chunk_size)
-        segments = layout.segments(len(layout))
+        segments = layout.segments(len(layout), views=True)
         anchors = segments.write(segments.zeros(lambda c: c.x, carry), 0, h0)
         grads, ct_condition, figures = sweep(
             layout,
