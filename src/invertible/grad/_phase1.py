@@ -41,6 +41,10 @@ def _fragment_shape(layer, carry: Carry):
     return fragment(layer, carry, forward(layer, carry, 0).x, index=0)
 
 
+def _if(condition, ct):
+    return jnp.where(condition, ct, jnp.zeros_like(ct))
+
+
 def _capture_fragment(layer, carry: Carry, index, ct_y):
     return fragment(layer, carry, ct_y, index=index)
 
@@ -88,7 +92,21 @@ def linearised_forward(
                 return replace(c, x=x, log_det=log_det, state=state)
             return segment.scan(layer_step, c)
 
-        out = segments.scan(segment_step, replace(carry, x=x, log_det=log_det))
+        def flat_step(c, layer, index):
+            j, first = segments.locate(index)
+            if first is not False:  # a static False: not a segment's start
+                record = identity if first is True else eqx.Partial(_if, first)
+                c = replace(c, x=tap((c.x, segments.read(anchors, j)), record))
+            return layer_step(c, layer, index)
+
+        start = replace(carry, x=x, log_det=log_det)
+        if any(plan.recompute):
+            out = segments.scan(segment_step, start)
+        else:
+            # One scan over the layers, not one over segments of a scan over
+            # their layers: a stack's segment would then be a slice of its
+            # parameters, which XLA copies into the inner scan (measured).
+            out = layout.scan(flat_step, start)
         return (out.x, out.log_det), out.state
 
     (y, log_det), pullback, state = jax.vjp(
