@@ -1,7 +1,8 @@
 """Memory relations, from compiled programs (`temp_size_in_bytes` is a property of
 the program, not of the machine): on small chains of every residual kind of the
 benchmarks, in both chain forms, what Mixed keeps per coupling against per-layer
-checkpointing, and that its constant does not hold a segment's residuals.
+checkpointing and, in all, against √L segment checkpointing, and that its constant
+does not hold a segment's residuals.
 
 The benchmarks (`python -m invertible.bench memory`) measure the same at full
 size; these sizes are small but keep a coupling's activations over 20 times its
@@ -57,6 +58,14 @@ def _measure(kind: str, chain: str) -> dict[str, list[int]]:
                 out.setdefault(name, []).append(
                     temp_bytes(transform, squared_loss, model, x)
                 )
+        if scanned:
+            # What a JAX user writes instead: `jax.checkpoint` around segments of
+            # √L couplings, at the deeper depth only.
+            segment_length = _residuals.segment_length(depth, residual)
+            sqrt_grad = lambda loss: G.checkpointed_grad(  # noqa: E731
+                loss, segment_length=segment_length
+            )
+            out["√L"] = [temp_bytes(sqrt_grad, squared_loss, model, x)]
     return out
 
 
@@ -65,7 +74,7 @@ def _measure(kind: str, chain: str) -> dict[str, list[int]]:
 def test_mixed_keeps_a_quarter_of_checkpointing(kind, chain):
     temps = _measure(kind, chain)
     lo, hi = DEPTHS[chain]
-    slope = {m: (t[1] - t[0]) / (hi - lo) for m, t in temps.items()}
+    slope = {m: (temps[m][1] - temps[m][0]) / (hi - lo) for m in TRANSFORMS}
     # Per coupling: at most a quarter of an activation (checkpointing keeps one),
     # whichever strategy the plan picks.
     assert 0 <= slope["mixed"] <= slope["checkpointed"] / 4, (kind, chain, slope)
@@ -75,6 +84,10 @@ def test_mixed_keeps_a_quarter_of_checkpointing(kind, chain):
     # In all, at the deeper depth, less than checkpointing: the branch that would
     # repair a drifted segment must not keep that segment's residuals.
     assert temps["mixed"][1] < temps["checkpointed"][1], temps
+    if "√L" in temps:
+        # At these sizes Mixed keeps 30-63% of it (at the benchmarks' sizes
+        # 19-43%); a phase 1 that kept each layer's residuals would keep more.
+        assert temps["mixed"][1] < temps["√L"][0], (kind, temps)
 
 
 def test_repairing_a_stack_keeps_no_copy_of_a_segments_gradients():
