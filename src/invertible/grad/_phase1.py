@@ -32,17 +32,13 @@ from .._carry import (
 from .._layout import AbstractLayout, AbstractSegments
 from ._plan import Plan, arrange, saveable
 from ._recompute import recompute_input_vjps
-from ._taps import barrier, identity, tap
+from ._taps import barrier, identity, tap, tap_into
 
 
 def _fragment_shape(layer, carry: Carry):
     if not needs_fragment(layer):
         return None
     return fragment(layer, carry, forward(layer, carry, 0).x, index=0)
-
-
-def _if(condition, ct):
-    return jnp.where(condition, ct, jnp.zeros_like(ct))
 
 
 def _capture_fragment(layer, carry: Carry, index, ct_y):
@@ -92,12 +88,15 @@ def linearised_forward(
                 return replace(c, x=x, log_det=log_det, state=state)
             return segment.scan(layer_step, c)
 
-        def flat_step(c, layer, index):
+        def flat_step(state, layer, index):
+            c, store = state
             j, first = segments.locate(index)
-            if first is not False:  # a static False: not a segment's start
-                record = identity if first is True else eqx.Partial(_if, first)
-                c = replace(c, x=tap((c.x, segments.read(anchors, j)), record))
-            return layer_step(c, layer, index)
+            if first is True:  # static: an unrolled chain's tuple of anchors
+                c = replace(c, x=tap((c.x, segments.read(anchors, j)), identity))
+            elif first is not False:  # traced: a stack's entry
+                x, store = tap_into(c.x, store, j, first)
+                c = replace(c, x=x)
+            return layer_step(c, layer, index), store
 
         start = replace(carry, x=x, log_det=log_det)
         if any(plan.recompute):
@@ -106,7 +105,7 @@ def linearised_forward(
             # One scan over the layers, not one over segments of a scan over
             # their layers: a stack's segment would then be a slice of its
             # parameters, which XLA copies into the inner scan (measured).
-            out = layout.scan(flat_step, start)
+            out, _ = layout.scan(flat_step, (start, anchors))
         return (out.x, out.log_det), out.state
 
     (y, log_det), pullback, state = jax.vjp(
