@@ -162,11 +162,23 @@ def test_reversible_refuses_a_layer_without_inverse(make):
 @pytest.mark.parametrize("name", CUSTOM_VJP)
 def test_unknown_module_in_a_chain(name, foreign):
     model = inv.Sequential([coupling(), foreign])
-    match = rf"{name}: layer 1 \((function tanh|Linear)\) .*(AbstractSubmersive|inv)"
+    # What to do with it, not another method that refuses it too.
+    match = rf"{name}: layer 1 \((function tanh|Linear)\) is (neither|not an) "
+    match += r".*SolvedInverseJVP"
     with pytest.raises(TypeError, match=match):
         trace(name, loss, model, X)
     # Backprop with checkpoints differentiates any callable.
     trace("checkpointed_grad", loss, model, X)
+
+
+def test_rebuild_names_the_layer_it_cannot_rebuild():
+    # A LeakyReLU of slope 0.1 is invertible, but its inverse divides by the slope.
+    model = inv.Sequential([coupling(), inv.LeakyReLU(0.1)])
+    assert not G.can_rebuild(model)
+    assert G.can_rebuild(inv.Sequential([coupling(), inv.LeakyReLU(0.5)]))
+    match = r"layer 1 \(LeakyReLU\) cannot be rebuilt.*'recompute'"
+    with pytest.raises(ValueError, match=match):
+        trace("mixed_grad", loss, model, X, strategy="rebuild")
 
 
 class ToFloat32(inv.AbstractInvertible):

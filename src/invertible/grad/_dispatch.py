@@ -27,7 +27,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from .._carry import is_invertible, is_stateful
+from .._carry import is_chain, is_invertible, is_stateful
 from .._signatures import takes
 from ..layers import AdditiveCoupling, AffineCoupling, LeakyReLU
 from ._bits import packed_bits
@@ -64,12 +64,17 @@ def can_rebuild(layer: Any) -> bool:
 
     **Arguments:**
 
-    - `layer`: a layer of a chain.
+    - `layer`: a layer of a chain, or a chain.
 
     **Returns:**
 
-    By default, whether the layer is invertible.
+    By default, whether the layer is invertible; for a chain, whether every layer
+    in it can be rebuilt. A `LeakyReLU` with a slope below 0.5 is invertible but
+    cannot be rebuilt: its inverse divides by the slope, and the round-off of a
+    segment's rebuilt inputs grows with every such layer.
     """
+    if is_chain(layer):
+        return all(map(can_rebuild, layer.layout.layer_types()))
     return is_invertible(layer)
 
 

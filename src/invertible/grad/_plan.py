@@ -143,13 +143,20 @@ def make_plan(layout: AbstractLayout, carry: Carry, strategy: str, k: int) -> Pl
     """The plan for `strategy` (one of `STRATEGIES`)."""
     layers = layout.layer_types()
     segments = layout.segments(k)
-    rebuildable = all(map(can_rebuild, layers))
+    blocked = [
+        f"{i} ({type(layer).__name__})"
+        for i, layer in enumerate(layers)
+        if not can_rebuild(layer)
+    ]
+    rebuildable = not blocked
     if strategy == "rebuild":
-        if not rebuildable:
+        if blocked:
             raise ValueError(
-                "Mixed(strategy='rebuild'): every layer must be invertible with a "
-                "well-conditioned inverse (`invertible.grad.can_rebuild`); use "
-                "'recompute' for the others."
+                f"Mixed(strategy='rebuild'): layer {', '.join(blocked)} cannot be "
+                "rebuilt with its inverse: it has none, or an ill-conditioned one "
+                "(`invertible.grad.can_rebuild`, e.g. a LeakyReLU with a slope "
+                "below 0.5). Use strategy 'recompute', or 'auto', which rebuilds "
+                "only where every layer can be."
             )
         return Plan(k, True)
     if strategy in STORED:

@@ -18,7 +18,7 @@ from .._carry import (
 from ._rule import AbstractRuleMethod, Cotangents
 from ._sweep import parameter_zeros
 from ._taps import barrier
-from ._validate import require_invertible
+from ._validate import require_invertible, require_known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,9 @@ class Reversible(AbstractRuleMethod):
 
     def check(self, layout, carry, name):
         super().check(layout, carry, name)
+        # A layer that no method handles gets the advice that fits it, not the
+        # advice to use a method that refuses it too.
+        require_known(layout, name)
         require_invertible(layout, name)
 
     def forward(self, layout, carry):
