@@ -31,6 +31,7 @@ import jax.extend
 import numpy as np
 
 from .._carry import Carry, Index, forward, needs_fragment, replace
+from .._checks import layer_name
 from .._layout import AbstractLayout
 from ._dispatch import can_rebuild, keep_inputs, pack_bits
 
@@ -144,7 +145,7 @@ def make_plan(layout: AbstractLayout, carry: Carry, strategy: str, k: int) -> Pl
     layers = layout.layer_types()
     segments = layout.segments(k)
     blocked = [
-        f"{i} ({type(layer).__name__})"
+        f"{i} ({layer_name(layer)})"
         for i, layer in enumerate(layers)
         if not can_rebuild(layer)
     ]
