@@ -4,7 +4,10 @@
 import dataclasses
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
@@ -215,14 +218,28 @@ def test_time_quick(tmp_path):
 def test_accuracy_quick(tmp_path):
     _run("accuracy", tmp_path)
     results = _read(tmp_path, "accuracy")
-    for activation in ("relu", "tanh"):
-        errors = results[activation]
-        assert max(errors["backprop"]) < 1e-4
-        assert max(errors["mixed (anchors every 8)"]) < 1e-3
+    assert "tanh" not in results  # the full run's second activation
+    errors = results["relu"]
+    assert max(errors["backprop"]) < 1e-4
+    assert max(errors["mixed (anchors every 8)"]) < 1e-3
 
 
 def test_train_quick(tmp_path):
-    _run("train", tmp_path)
+    # In a process of its own, compiled at XLA's default optimisation level:
+    # test.sh compiles at level 0, for a suite whose cost is compiling, but
+    # training runs hundreds of steps (4x slower at level 0, measured).
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "optimization_level" not in f)
+    command = ["train", "--quick", "--out", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-m", "invertible.bench", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     results = _read(tmp_path, "train")
     accuracy = results["final_test_accuracy"]
     assert set(accuracy) == {"backprop", "mixed", "reversible"}
