@@ -13,12 +13,13 @@ import functools as ft
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import pytest
 
 from invertible import grad as G
 from invertible.bench import _residuals
 from invertible.bench._measure import temp_bytes
-from invertible.bench._models import RESIDUALS, squared_loss
+from invertible.bench._models import RESIDUALS, conv_revnet, squared_loss
 
 pytestmark = pytest.mark.usefixtures("unchecked")
 
@@ -121,3 +122,16 @@ def test_repairing_a_stack_keeps_no_copy_of_a_segments_gradients():
     parameters = eqx.filter(model, eqx.is_inexact_array)
     segment = 8 * sum(a.nbytes for a in jax.tree.leaves(parameters)) // 32
     assert temps["repair"] - temps["ignore"] < segment / 4, (temps, segment)
+
+
+def test_a_stack_of_one_entry_runs_each_layer_as_a_unit():
+    # XLA inlines a loop of one step, and the body's phases then interleave as in
+    # straight-line code: the paper's RevNet at one layer per block kept 629 MB
+    # under Mixed against backprop's 419 (padding 8, batch 512); fenced, 344. Here
+    # 3.08 MB unfenced, 1.64 fenced, against backprop's 1.90.
+    model = conv_revnet(1, padded_channels=8, hidden=32)
+    x = jnp.ones((16, 3, 16, 16), jnp.float32)
+    with jax.enable_x64(False):
+        mixed = temp_bytes(G.mixed_grad, squared_loss, model, x)
+        backprop = temp_bytes(eqx.filter_grad, squared_loss, model, x)
+    assert mixed < backprop, (mixed, backprop)
