@@ -3,8 +3,6 @@ evaluates log-densities with its `forward_and_log_det`, samples with its inverse
 and the gradient transforms differentiate it there by their method."""
 
 import dataclasses
-import subprocess
-import sys
 
 import equinox as eqx
 import jax
@@ -16,6 +14,7 @@ import invertible as inv
 from flow_helpers import compiled, randomised
 from helpers import assert_close, mlp_or_conv, to_float64
 from invertible import grad as G
+from subprocesses import run_python
 
 pytest.importorskip("flowjax")
 
@@ -198,4 +197,4 @@ def test_invertible_imports_without_flowjax():
         "else:\n"
         "    raise AssertionError('imported without flowjax')\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    run_python("-c", code)
