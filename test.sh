@@ -3,8 +3,12 @@
 # creates (or reuses) the virtual environment .venv, installs the package with its
 # `test` extra, then runs pytest. Extra arguments go to pytest:
 #
-#   bash test.sh                      # everything
-#   bash test.sh -k coupling -x       # a subset
+#   bash test.sh                      # the unit tests (what every change runs)
+#   bash test.sh -m end_to_end        # the whole runs: benchmarks' smoke runs,
+#                                     # the docs' pages, the multi-device check
+#   bash test.sh -m ''                # both (CI runs both, one after the other)
+#   bash test.sh -k coupling -x       # a subset of the unit tests
+#   bash test.sh tests/test_docs.py   # a file, whatever its tests' marks
 #
 # PYTHON=python3.12 or VENV=/some/dir override the interpreter or the environment.
 set -euo pipefail
@@ -31,12 +35,19 @@ fi
 # The benchmarks time code compiled at the default level.
 export XLA_FLAGS="--xla_backend_optimization_level=0${XLA_FLAGS:+ $XLA_FLAGS}"
 
-section "tests: python -m pytest${*:+ $*}"
+# The unit tests unless the arguments choose (a mark, or files).
+select=(-m "not end_to_end")
+for arg in "$@"; do
+    case "$arg" in -m | -m* | tests/* | ./tests/*) select=() ;; esac
+done
+
+section "tests: python -m pytest ${select[*]:+${select[*]} }${*:+$*}"
 start=$SECONDS
 status=0
 # Two workers (CI has two cores): compiling dominates, and XLA compiles on one.
 # Work stealing: test times range from a second to a minute.
-python -m pytest -ra --durations=5 -n "${TEST_WORKERS:-2}" --dist worksteal "$@" || status=$?
+python -m pytest -ra --durations=5 -n "${TEST_WORKERS:-2}" --dist worksteal \
+    ${select[@]+"${select[@]}"} "$@" || status=$?
 echo "test wall time: $((SECONDS - start)) s"
 if [ "$status" -eq 5 ]; then
     echo "error: pytest collected no tests (exit code 5); counting that as a failure." >&2

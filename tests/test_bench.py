@@ -161,6 +161,7 @@ def test_binomial_baseline_is_backprop():
     assert relative_error(grads, reference) < 1e-5
 
 
+@pytest.mark.end_to_end
 def test_memory_quick(tmp_path):
     _run("memory", tmp_path)
     results = _read(tmp_path, "memory", png="memory_pad8.png")
@@ -196,6 +197,7 @@ def test_memory_quick(tmp_path):
     assert measured == set(_residuals.METHODS)
 
 
+@pytest.mark.end_to_end
 def test_time_quick(tmp_path):
     _run("time", tmp_path)
     results = _read(tmp_path, "time")
@@ -213,6 +215,7 @@ def test_time_quick(tmp_path):
         assert r["MB"]["mixed"] < r["MB"]["backprop"]
 
 
+@pytest.mark.end_to_end
 def test_accuracy_quick(tmp_path):
     _run("accuracy", tmp_path)
     results = _read(tmp_path, "accuracy")
@@ -221,6 +224,7 @@ def test_accuracy_quick(tmp_path):
     assert max(errors["mixed (anchors every 8)"]) < 1e-3
 
 
+@pytest.mark.end_to_end
 def test_train_quick(tmp_path):
     # In a process of its own, compiled at XLA's default optimisation level:
     # test.sh compiles at level 0, for a suite whose cost is compiling, but

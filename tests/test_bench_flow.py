@@ -12,6 +12,7 @@ from invertible.bench.__main__ import main
 pytestmark = pytest.mark.usefixtures("unchecked")
 
 
+@pytest.mark.end_to_end
 def test_flow_quick(tmp_path):
     # As from the command line: the test run enables float64 globally.
     with jax.enable_x64(False):

@@ -60,6 +60,7 @@ def test_pages_are_found():
     assert ROOT / "docs" / "getting-started.md" in EXAMPLE_PAGES
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=page_id)
 def test_page_runs(page: pathlib.Path):
     blocks = python_blocks(page.read_text())

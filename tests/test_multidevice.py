@@ -5,11 +5,14 @@ device count must be set before JAX starts)."""
 import json
 import pathlib
 
+import pytest
+
 from subprocesses import run_python
 
 SCRIPT = pathlib.Path(__file__).with_name("multidevice_check.py")
 
 
+@pytest.mark.end_to_end
 def test_data_parallel_gradients_on_four_cpu_devices():
     run = run_python(
         str(SCRIPT),
