@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from invertible import grad as G
-from invertible.bench import _data, _memory, _residuals, _time
+from invertible.bench import _compile, _data, _memory, _residuals, _time
 from invertible.bench.__main__ import main
 from invertible.bench._measure import relative_error, temp_bytes
 from invertible.bench._memory import deepest_within
@@ -213,6 +213,19 @@ def test_time_quick(tmp_path):
         assert r["ratio_to_backprop"]["backprop"] == 1
         assert all(math.isfinite(v) and v > 0 for v in r["ratio_to_backprop"].values())
         assert r["MB"]["mixed"] < r["MB"]["backprop"]
+
+
+@pytest.mark.end_to_end
+def test_compile_quick(tmp_path):
+    _run("compile", tmp_path)
+    assert (tmp_path / "compile.csv").stat().st_size > 0
+    results = json.loads((tmp_path / "compile.json").read_text())["residuals"]
+    for kind in _compile.QUICK.kinds:
+        for depth in map(str, _compile.QUICK.depths):
+            r = results[kind][depth]
+            stages = [v for s in r["seconds"].values() for v in s.values()]
+            assert all(math.isfinite(v) and v > 0 for v in stages), r
+            assert r["lower_and_compile_ratio"] > 0
 
 
 @pytest.mark.end_to_end

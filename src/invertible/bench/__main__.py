@@ -1,9 +1,10 @@
-"""`python -m invertible.bench {memory,time,accuracy,train,demo} [--quick] [--out DIR]`.
+"""`python -m invertible.bench {memory,time,compile,accuracy,train,flow,demo} [--quick]
+[--out DIR]`.
 
-Every subcommand prints Markdown tables, shows progress on stderr, and writes CSV,
-JSON and PNG files into `--out` (default `bench-out/`). `--quick` runs tiny sizes
-(a smoke test, a couple of minutes on two CPU cores); the numbers worth reading
-come from the full sizes. See docs/benchmarks.md for a full run.
+Every subcommand prints Markdown tables, shows progress on stderr, and writes CSV
+and JSON files (and PNG figures) into `--out` (default `bench-out/`). `--quick`
+runs tiny sizes (a smoke test, a couple of minutes on two CPU cores); the numbers
+worth reading come from the full sizes. See docs/benchmarks.md for a full run.
 """
 
 import argparse
@@ -11,7 +12,7 @@ import dataclasses
 import pathlib
 import time
 
-from . import _accuracy, _data, _flow, _memory, _time, _train
+from . import _accuracy, _compile, _data, _flow, _memory, _time, _train
 
 
 def _train_command(args) -> dict:
@@ -48,6 +49,9 @@ COMMANDS = {
         a.out,
     ),
     "time": lambda a: _time.timing(_time.QUICK if a.quick else _time.FULL, a.out),
+    "compile": lambda a: _compile.compile_times(
+        _compile.QUICK if a.quick else _compile.FULL, a.out
+    ),
     "accuracy": lambda a: _accuracy.accuracy(
         _accuracy.QUICK if a.quick else _accuracy.FULL, a.out
     ),
@@ -71,8 +75,9 @@ def main(argv=None) -> dict:
         "command",
         choices=list(COMMANDS),
         help="memory (Figs 2-3, and the deepest network within a budget), time "
-        "(Fig 4), accuracy (Fig 6), train (Fig 5), flow (a normalizing flow on the "
-        "digits), demo (memory and train, quick)",
+        "(Fig 4), compile (compile time of unrolled chains), accuracy (Fig 6), "
+        "train (Fig 5), flow (a normalizing flow on the digits), demo (memory and "
+        "train, quick)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument(
