@@ -225,7 +225,6 @@ def test_compile_quick(tmp_path):
             r = results[kind][depth]
             stages = [v for s in r["seconds"].values() for v in s.values()]
             assert all(math.isfinite(v) and v > 0 for v in stages), r
-            assert r["lower_and_compile_ratio"] > 0
 
 
 @pytest.mark.end_to_end
