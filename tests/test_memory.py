@@ -48,7 +48,7 @@ def _measures(kind: str, chain: str, depth: int) -> dict:
     deeper = depth == DEPTHS[chain][1]
     scanned = chain == "ScannedSequential"
     measures = {"mixed": G.mixed_grad}
-    if scanned or kind == "relu":  # an unrolled chain's recomputation: once
+    if kind == "relu":  # the forced recomputation: on one kind, in both forms
         measures["mixed (recompute)"] = _recompute
     if deeper:
         measures["checkpointed"] = G.checkpointed_grad
