@@ -93,10 +93,10 @@ def _image_results(dist, x, key):
         back=back,
         log_dets=to_data + to_latent,
         grads={
-            "backprop": eqx.filter_grad(_nll)(dist, x),
-            "mixed": G.mixed_grad(_nll)(dist, x),
-            "moonwalk": G.moonwalk_grad(_nll)(dist, x),
-            "reversible": G.reversible_grad(_nll)(dist, x),
+            "backprop": eqx.filter_jit(eqx.filter_grad(_nll))(dist, x),
+            "mixed": eqx.filter_jit(G.mixed_grad(_nll))(dist, x),
+            "moonwalk": eqx.filter_jit(G.moonwalk_grad(_nll))(dist, x),
+            "reversible": eqx.filter_jit(G.reversible_grad(_nll))(dist, x),
         },
     )
 
@@ -147,10 +147,16 @@ def _conditional(dist, x, condition):
         # flowjax splits the key over the condition's batch: one draw per example.
         draws=jax.vmap(lambda k: jr.normal(k, (4,)))(jr.split(jr.key(0), len(x))),
         grads={
-            "backprop": eqx.filter_grad(_conditional_nll)(dist, x, condition),
-            "mixed": G.mixed_grad(_conditional_nll)(dist, x, condition),
-            "moonwalk": G.moonwalk_grad(_conditional_nll)(dist, x, condition),
-            "reversible": G.reversible_grad(_conditional_nll)(dist, x, condition),
+            "backprop": eqx.filter_jit(eqx.filter_grad(_conditional_nll))(
+                dist, x, condition
+            ),
+            "mixed": eqx.filter_jit(G.mixed_grad(_conditional_nll))(dist, x, condition),
+            "moonwalk": eqx.filter_jit(G.moonwalk_grad(_conditional_nll))(
+                dist, x, condition
+            ),
+            "reversible": eqx.filter_jit(G.reversible_grad(_conditional_nll))(
+                dist, x, condition
+            ),
         },
     )
 

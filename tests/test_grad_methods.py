@@ -29,7 +29,7 @@ def test_projected_forward_gradient_is_unbiased():
     # deviations, 5 sqrt(2/K)|g|, of g in every coordinate (a miss has probability
     # below 1e-5 per coordinate; the keys are fixed, so the test is deterministic).
     model, x = _small_model(), jr.normal(jr.key(1), (3, 4), jnp.float64)
-    exact = eqx.filter_grad(squared_loss)(model, x)
+    exact = eqx.filter_jit(eqx.filter_grad(squared_loss))(model, x)
     k = 4000
     estimate = G.projected_forward_grad(squared_loss, num_tangents=k)(
         model, x, tangent_key=jr.key(2)
@@ -60,7 +60,10 @@ def test_mixed_handles_fragments_inside_chains():
     model = inv.Sequential([inv.ChannelPad(6), inv.ReLU(), inv.LeakyReLU(0.3)])
     x = jr.normal(jr.key(0), (5, 4), jnp.float64)
     loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))
-    assert_close(G.mixed_grad(loss)(model, x), eqx.filter_grad(loss)(model, x))
+    assert_close(
+        eqx.filter_jit(G.mixed_grad(loss))(model, x),
+        eqx.filter_jit(eqx.filter_grad(loss))(model, x),
+    )
 
 
 def test_float32_mixed_tracks_backprop_at_depth():
@@ -69,10 +72,12 @@ def test_float32_mixed_tracks_backprop_at_depth():
     depth = 32
     model64 = to_float64(mlp_couplings(depth, features=16, width=32, key=jr.key(4)))
     x64 = jr.normal(jr.key(5), (8, 16), jnp.float64)
-    oracle = eqx.filter_grad(squared_loss)(model64, x64)
+    oracle = eqx.filter_jit(eqx.filter_grad(squared_loss))(model64, x64)
     model32 = cast(model64, jnp.float32)
     x32 = x64.astype(jnp.float32)
-    backprop = relative_error(eqx.filter_grad(squared_loss)(model32, x32), oracle)
+    backprop = relative_error(
+        eqx.filter_jit(eqx.filter_grad(squared_loss))(model32, x32), oracle
+    )
     mixed = relative_error(
         eqx.filter_jit(G.mixed_grad(squared_loss))(model32, x32), oracle
     )
@@ -130,7 +135,7 @@ def test_several_nested_and_shared_chains(transform):
     )
     x = jr.normal(jr.key(1), (5, 4), jnp.float64)
     loss = lambda m, x: jnp.mean(jnp.sin(jax.vmap(m)(x)))
-    expected = eqx.filter_grad(loss)(model, x)
+    expected = eqx.filter_jit(eqx.filter_grad(loss))(model, x)
     assert_close(eqx.filter_jit(transform(loss))(model, x), expected)
 
 
@@ -183,8 +188,8 @@ def test_stacked_fragments_with_segments_and_tail(anchor_every):
     model = inv.ScannedSequential(stack)
     x = jr.normal(jr.key(0), (4, 3), jnp.float64) + 0.5
     loss = lambda m, x: jnp.sum(jnp.cos(jax.vmap(m)(x)))
-    got = G.mixed_grad(loss, anchor_every=anchor_every)(model, x)
-    assert_close(got, eqx.filter_grad(loss)(model, x))
+    got = eqx.filter_jit(G.mixed_grad(loss, anchor_every=anchor_every))(model, x)
+    assert_close(got, eqx.filter_jit(eqx.filter_grad(loss))(model, x))
 
 
 @pytest.mark.parametrize("transform", CHAIN_TRANSFORMS, ids=lambda t: t.__name__)
@@ -200,7 +205,7 @@ def test_frozen_parameters_by_partition(transform):
     def loss(trainable, frozen, x):
         return jnp.mean(jnp.sin(jax.vmap(eqx.combine(trainable, frozen))(x)))
 
-    expected = eqx.filter_grad(loss)(trainable, frozen, x)
+    expected = eqx.filter_jit(eqx.filter_grad(loss))(trainable, frozen, x)
     assert_close(transform(loss)(trainable, frozen, x), expected)
 
 
@@ -211,4 +216,7 @@ def test_scanned_chain_nested_in_a_sequential(transform):
     model = to_float64(inv.Sequential([inv.LeakyReLU(0.5), stack, inv.Asinh(), stack]))
     x = jr.normal(jr.key(8), (3, 4), jnp.float64)
     loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))
-    assert_close(transform(loss)(model, x), eqx.filter_grad(loss)(model, x))
+    assert_close(
+        eqx.filter_jit(transform(loss))(model, x),
+        eqx.filter_jit(eqx.filter_grad(loss))(model, x),
+    )

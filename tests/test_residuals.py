@@ -61,11 +61,11 @@ def _keyed_loss(model, x, key):
 @pytest.mark.parametrize("method", sorted(KEYED))
 def test_dropout_residuals_replay_the_same_randomness(method):
     model, key = _dropout_chain(), jr.key(7)
-    want = eqx.filter_grad(_keyed_loss)(model, X, key)
+    want = eqx.filter_jit(eqx.filter_grad(_keyed_loss))(model, X, key)
     got = eqx.filter_jit(KEYED[method](_keyed_loss))(model, X, key)
     assert_close(got, want)
     # The key matters: another key gives other gradients.
-    other = eqx.filter_grad(_keyed_loss)(model, X, jr.key(8))
+    other = eqx.filter_jit(eqx.filter_grad(_keyed_loss))(model, X, jr.key(8))
     first = lambda g: g.layers[0].residual.layers[0].weight
     assert not jnp.allclose(first(other), first(want))
 
@@ -75,7 +75,7 @@ def test_dropout_in_a_scanned_chain():
         lambda k: to_float64(inv.AdditiveCoupling(_dropout_mlp(k)))
     )(jr.split(jr.key(2), 4))
     model, key = inv.ScannedSequential(stack), jr.key(3)
-    want = eqx.filter_grad(_keyed_loss)(model, X, key)
+    want = eqx.filter_jit(eqx.filter_grad(_keyed_loss))(model, X, key)
     for method in ("mixed", "moonwalk", "reversible"):
         got = eqx.filter_jit(KEYED[method](_keyed_loss))(model, X, key)
         assert_close(got, want)
@@ -117,7 +117,9 @@ def _stateful_loss(model, state, x):
 )
 def test_batch_norm_state_under_every_method(method, inference):
     model, state = _batch_norm_chain(inference=inference)
-    want, want_state = eqx.filter_grad(_stateful_loss, has_aux=True)(model, state, X)
+    want, want_state = eqx.filter_jit(eqx.filter_grad(_stateful_loss, has_aux=True))(
+        model, state, X
+    )
     grad_fn = KEYED[method](_stateful_loss, has_aux=True)
     got, got_state = eqx.filter_jit(grad_fn)(model, state, X)
     assert_close(got, want)
@@ -218,7 +220,7 @@ def test_a_chain_rebuilt_inside_the_loss_keeps_its_method():
 
     grad_fn = G.mixed_grad(rebuilt_loss, anchor_every=None, on_drift="ignore")
     got = eqx.filter_jit(grad_fn)(chain, X)
-    want = eqx.filter_grad(rebuilt_loss)(chain, X)
+    want = eqx.filter_jit(eqx.filter_grad(rebuilt_loss))(chain, X)
     # The forward sweep ran: past the wrong vijp the cotangent is doubled.
     last = lambda g: g.layers[-1].residual.layers[0].weight
     assert not jnp.allclose(last(got), last(want))
@@ -237,7 +239,7 @@ def test_methods_are_hashable_values():
     # parameters keep it, and gradients have the model's structure (None there).
     params, static = eqx.partition(marked, eqx.is_inexact_array)
     assert eqx.combine(params, static).method == G.Mixed(anchor_every=2)
-    grads = G.mixed_grad(_keyed_loss)(marked, X, jr.key(0))
+    grads = eqx.filter_jit(G.mixed_grad(_keyed_loss))(marked, X, jr.key(0))
     assert jax.tree.structure(grads) == jax.tree.structure(params)
 
 
@@ -247,7 +249,7 @@ def test_couplings_in_an_eqx_nn_sequential_are_differentiated_by_the_method():
     def loss(model, x):
         return _plain_loss(lambda x: model(x, key=jr.key(0)), x)
 
-    want = eqx.filter_grad(loss)(model, X)
+    want = eqx.filter_jit(eqx.filter_grad(loss))(model, X)
     for method in (G.mixed_grad, G.moonwalk_grad):
         got, report = eqx.filter_jit(method(loss, report=True))(model, X)
         assert_close(got, want)
