@@ -183,3 +183,39 @@ def test_report_in_a_scanned_training_loop_and_under_vmap():
     assert report.chains[0].drift.shape[0] == BATCH
     want = eqx.filter_vmap(eqx.filter_grad(_loss), in_axes=(None, 0))(model, x[:, None])
     assert_close(grads, want)
+
+
+def _skewing_the_first_anchor(monkeypatch):
+    """Phase 1's first anchor, the chain's input cotangent, made inexact (as
+    rebuilding it with inverses can leave it where the segment's start matched:
+    4e-4 relative in float32 on the benchmarks' stacked GroupNorm convs)."""
+    from invertible.grad import _mixed
+
+    exact = _mixed.linearised_backward
+
+    def skewed(pullback, ct):
+        h0, ct_log_det, anchors, fragments = exact(pullback, ct)
+        h0 = 1.001 * h0  # the first anchor is the input cotangent
+        return h0, ct_log_det, (h0, *anchors[1:]), fragments
+
+    monkeypatch.setattr(_mixed, "linearised_backward", skewed)
+
+
+@pytest.mark.parametrize("on_drift", ["repair", "nan"])
+def test_an_inexact_first_anchor_never_reaches_the_input_cotangent(
+    monkeypatch, on_drift
+):
+    # The first segment's drift shows it; its repair computes the exact input
+    # cotangent (or, with "nan", it is poisoned with the segment's gradients).
+    _skewing_the_first_anchor(monkeypatch)
+    model, x = _model(0.3, 3)
+    loss = lambda model_and_x: _loss(*model_and_x)
+    method = G.Mixed(strategy="residuals", on_drift=on_drift)
+    grads, report = eqx.filter_jit(G.filter_grad(loss, method=method, report=True))(
+        (model, x)
+    )
+    assert int(report.chains[0].repaired[0]) == 1
+    if on_drift == "repair":
+        assert_close(grads, eqx.filter_grad(loss)((model, x)))
+    else:
+        assert bool(jnp.all(jnp.isnan(grads[1])))

@@ -62,7 +62,9 @@ class Mixed(AbstractRuleMethod):
       `"repair"`ed (default: redone exactly by reverse mode from its start, in
       memory that does not grow with its length and time quadratic in it),
       poisoned with `"nan"`, raises an `"error"` at run time (`eqx.error_if`), or
-      is kept (`"ignore"`).
+      is kept (`"ignore"`). A drift in the first segment can also come from an
+      inexact first anchor, the chain's input cotangent: its repair gives the
+      exact one (`"nan"` poisons it).
     - `drift_tolerance`: by default 16 units of round-off of the chain's dtype
       (2e-6 in float32).
     - `check_vijp`: also measure, at every layer, how far its `inverse_jvp` is from
@@ -121,7 +123,7 @@ class Mixed(AbstractRuleMethod):
             )
         else:
             h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
-        grads, ct_condition, figures = sweep(
+        grads, ct_condition, h0, figures = sweep(
             layout,
             segments,
             carry,

@@ -110,10 +110,11 @@ def recompute_grads(
     owner: AbstractLayout | None = None,
     short: bool = False,
 ):
-    """Reverse mode with parameter gradients: `(block, ct_condition)`, the
-    segment's per-layer gradients written over in `block` and its condition's
-    cotangent. `block` is the storage of `owner`: by default the segment's own;
-    or that of a layout the segment is part of (the whole chain), written in place.
+    """Reverse mode with parameter gradients: `(block, ct_condition, ct_start)`,
+    the segment's per-layer gradients written over in `block`, its condition's
+    cotangent and its input's. `block` is the storage of `owner`: by default the
+    segment's own; or that of a layout the segment is part of (the whole chain),
+    written in place.
     """
     owner = segment if owner is None else owner
     where = segment.local if owner is segment else (lambda index: index)
@@ -133,5 +134,7 @@ def recompute_grads(
             ct_condition = jax.tree.map(jnp.add, ct_condition, g_condition)
         return h, ct_condition, block
 
-    _, ct_condition, block = segment.scan(back, (ct, ct_condition, block), reverse=True)
-    return block, ct_condition
+    ct_start, ct_condition, block = segment.scan(
+        back, (ct, ct_condition, block), reverse=True
+    )
+    return block, ct_condition, ct_start

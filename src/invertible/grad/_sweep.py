@@ -72,7 +72,7 @@ def sweep(
     tolerance: float | None = None,
     check_vijp: bool = False,
     short_segments: bool = False,
-) -> tuple[PyTree, Any, dict]:
+) -> tuple[PyTree, Any, Any, dict]:
     """Sweep the chain forwards, segment by segment.
 
     **Arguments:**
@@ -92,10 +92,14 @@ def sweep(
 
     **Returns:**
 
-    `(grads, ct_condition, figures)`: per-layer parameter gradients in the layout's
-    storage, the condition's cotangent (`None` without a condition), and the
-    figures of the report: per segment `"drift"` and `"repaired"` (1 where redone
-    or poisoned), per layer `"vijp"` (with `check_vijp`).
+    `(grads, ct_condition, ct_x, figures)`: per-layer parameter gradients in the
+    layout's storage, the condition's cotangent (`None` without a condition), the
+    chain's input cotangent, and the figures of the report: per segment `"drift"`
+    and `"repaired"` (1 where redone or poisoned), per layer `"vijp"` (with
+    `check_vijp`). The input cotangent is the first anchor, unless the first
+    segment drifted: a drift there can come from an inexact first anchor (rebuilt
+    with inverses, it can be inexact where the rebuilt start matched), so the
+    one its repair computes replaces it (with `"nan"`: it is poisoned too).
     """
     ct_out, ct_log_det = ct
     if tolerance is None:
@@ -141,7 +145,7 @@ def sweep(
         return jnp.where(j + 1 < count, following, ct_out)
 
     def segment_step(state, segment, j):
-        carry, ct_condition, grads, figures = state
+        carry, ct_condition, ct_x, grads, figures = state
         x, h = barrier((carry.x, segments.read(anchors, j)))
         start = replace(carry, x=x)
         zero_condition = jax.tree.map(jnp.zeros_like, ct_condition)
@@ -153,9 +157,9 @@ def sweep(
             # Written over where the segment's gradients lie: a stack's part would
             # be a slice, a copy of them (a segment's parameters, measured).
             part, owner = layout.part(grads, segment)
-            part, own_condition = jax.lax.cond(
+            part, own_condition, start_ct = jax.lax.cond(
                 drifted,
-                lambda part, own: recompute_grads(
+                lambda part, own, ct_x: recompute_grads(
                     segment,
                     start,
                     exact_end(j),
@@ -164,15 +168,18 @@ def sweep(
                     owner=owner,
                     short=short_segments,
                 ),
-                lambda part, own: (part, own),
+                lambda part, own, ct_x: (part, own, ct_x),
                 part,
                 own_condition,
+                ct_x,
             )
             grads = layout.with_part(grads, segment, part, owner)
+            ct_x = _at_first(j, start_ct, ct_x)
         elif on_drift == "nan":
             block = layout.block(grads, segment)
             block = jax.tree.map(lambda g: jnp.where(drifted, jnp.nan, g), block)
             grads = layout.with_block(grads, segment, block)
+            ct_x = _at_first(j, jnp.where(drifted, jnp.nan, ct_x), ct_x)
         elif on_drift == "error":
             block = layout.block(grads, segment)
             block = eqx.error_if(
@@ -189,8 +196,15 @@ def sweep(
             .set(drifted.astype(dtype) if on_drift in ("repair", "nan") else 0),
             "vijp": vijp,
         }
-        return carry, _add(ct_condition, own_condition), grads, figures
+        return carry, _add(ct_condition, own_condition), ct_x, grads, figures
 
-    init = (carry, ct_condition, grads, figures)
-    _, ct_condition, grads, figures = segments.scan(segment_step, init)
-    return grads, ct_condition, figures
+    init = (carry, ct_condition, segments.read(anchors, 0), grads, figures)
+    _, ct_condition, ct_x, grads, figures = segments.scan(segment_step, init)
+    return grads, ct_condition, ct_x, figures
+
+
+def _at_first(j, value, current):
+    """`value` for the first segment (`j == 0`), else `current`."""
+    if isinstance(j, int):
+        return value if j == 0 else current
+    return jnp.where(j == 0, value, current)
