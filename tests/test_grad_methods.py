@@ -56,12 +56,19 @@ def test_reversible_refuses_non_invertible_layers():
         G.reversible_grad(lambda m, x: jnp.sum(m(x)))(model, jnp.ones(4))
 
 
-def test_mixed_handles_fragments_inside_chains():
+# One segment; and one per layer, the first changing the shape (a segment's repair
+# then starts at another shape than the chain's).
+@pytest.mark.parametrize("anchor_every", ["auto", 1])
+def test_mixed_handles_fragments_inside_chains(anchor_every):
     model = inv.Sequential([inv.ChannelPad(6), inv.ReLU(), inv.LeakyReLU(0.3)])
     x = jr.normal(jr.key(0), (5, 4), jnp.float64)
     loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))
+    grads, report = eqx.filter_jit(
+        G.mixed_grad(loss, anchor_every=anchor_every, report=True)
+    )(model, x)
+    assert len(report.chains[0].drift) == (1 if anchor_every == "auto" else 3)
     assert_close(
-        eqx.filter_jit(G.mixed_grad(loss))(model, x),
+        grads,
         eqx.filter_jit(eqx.filter_grad(loss))(model, x),
     )
 

@@ -157,9 +157,9 @@ def sweep(
             # Written over where the segment's gradients lie: a stack's part would
             # be a slice, a copy of them (a segment's parameters, measured).
             part, owner = layout.part(grads, segment)
-            part, own_condition, start_ct = jax.lax.cond(
-                drifted,
-                lambda part, own, ct_x: recompute_grads(
+
+            def repair(part, own, *first):
+                part, own, ct_start = recompute_grads(
                     segment,
                     start,
                     exact_end(j),
@@ -167,14 +167,23 @@ def sweep(
                     part,
                     owner=owner,
                     short=short_segments,
-                ),
-                lambda part, own, ct_x: (part, own, ct_x),
+                )
+                return part, own, *((ct_start,) if first else ())
+
+            # The input cotangent goes through the branch only where the segment
+            # may be the first (a later one's start may have another shape).
+            first = () if isinstance(j, int) and j > 0 else (ct_x,)
+            part, own_condition, *first = jax.lax.cond(
+                drifted,
+                repair,
+                lambda part, own, *first: (part, own, *first),
                 part,
                 own_condition,
-                ct_x,
+                *first,
             )
             grads = layout.with_part(grads, segment, part, owner)
-            ct_x = _at_first(j, start_ct, ct_x)
+            if first:
+                ct_x = _at_first(j, first[0], ct_x)
         elif on_drift == "nan":
             block = layout.block(grads, segment)
             block = jax.tree.map(lambda g: jnp.where(drifted, jnp.nan, g), block)
