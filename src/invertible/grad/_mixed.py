@@ -9,13 +9,9 @@ import jax.numpy as jnp
 
 from .._carry import is_known
 from .._checks import positive_int
-from ._phase1 import (
-    linearised_backward,
-    linearised_forward,
-    rebuilt_backward,
-    rebuilt_forward,
-)
+from ._phase1 import linearised_backward, linearised_forward
 from ._plan import STRATEGIES, anchor_spacing, make_plan
+from ._rebuilt import rebuilt_backward, rebuilt_forward
 from ._rule import AbstractRuleMethod, Cotangents
 from ._sweep import ON_DRIFT, sweep
 from ._validate import require_known
@@ -52,19 +48,26 @@ class Mixed(AbstractRuleMethod):
         - `"recompute"`: only each segment's input (`n` floats per segment); the
           reverse pass recomputes the segment, keeping its residuals while it
           goes back through it: one extra forward pass.
-        - `"rebuild"`: only each segment's input, in the slot its anchor then
-          takes (`n` floats per segment in all); the reverse pass rebuilds every
-          layer's input with `inverse` from the segment's end, checks the rebuilt
-          start against the kept one and recomputes a segment that drifted. One
-          extra pass of inverses. Every layer must be invertible.
+        - `"rebuild"`: only each segment's input (`n` floats per segment); the
+          reverse pass rebuilds every layer's input with `inverse` from the
+          segment's end, checks the rebuilt start against the kept one and
+          recomputes a segment that drifted. One extra pass of inverses. Every
+          layer must be invertible. A rebuilt input's round-off can flip a
+          ReLU's derivative, and the anchor pulled back through it be inexact
+          where the rebuilt start matched; so the segments are taken last first,
+          each rebuilt and then swept from its kept input, and an anchor is
+          checked by its segment's drift (and repaired) before the segments
+          before it are pulled back from it.
     - `on_drift`: at every segment's end the sweep meets an exact cotangent and
       measures its drift from it. A segment that drifted past `drift_tolerance` is
       `"repair"`ed (default: redone exactly by reverse mode from its start, in
       memory that does not grow with its length and time quadratic in it),
       poisoned with `"nan"`, raises an `"error"` at run time (`eqx.error_if`), or
-      is kept (`"ignore"`). A drift in the first segment can also come from an
-      inexact first anchor, the chain's input cotangent: its repair gives the
-      exact one (`"nan"` poisons it).
+      is kept (`"ignore"`). A drift can also come from an inexact anchor, which
+      `"rebuild"` can leave (see there): a repair also gives the exact anchor,
+      which the segments before are then pulled back from (`"nan"` poisons them
+      too). Where the first segment drifted, the chain's input cotangent is its
+      repair's.
     - `drift_tolerance`: by default 16 units of round-off of the chain's dtype
       (2e-6 in float32).
     - `check_vijp`: also measure, at every layer, how far its `inverse_jvp` is from
@@ -113,29 +116,25 @@ class Mixed(AbstractRuleMethod):
         plan = self.plan(layout, carry)
         # Not differentiated by JAX: the segments are views of a stack, not slices.
         segments = layout.segments(plan.k, views=True)
-        rebuild = None
         # Without anchors the one segment is the whole chain: its repair must not
         # keep its activations.
-        short = self.anchor_every is not None
-        if plan.rebuild:
-            h0, ct_log_det, anchors, fragments, rebuild = rebuilt_backward(
-                residuals, ct, layout, segments, carry, short_segments=short
-            )
-        else:
-            h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
-        grads, ct_condition, h0, figures = sweep(
-            layout,
-            segments,
-            carry,
-            anchors,
-            ct,
-            fragments,
+        options = dict(
             on_drift=self.on_drift,
             tolerance=self.drift_tolerance,
             check_vijp=self.check_vijp,
-            short_segments=short,
+            short_segments=self.anchor_every is not None,
         )
-        figures["rebuild"] = rebuild
+        if plan.rebuild:
+            ct_log_det = ct[1]
+            grads, ct_condition, h0, figures = rebuilt_backward(
+                residuals, ct, layout, segments, carry, **options
+            )
+        else:
+            h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
+            grads, ct_condition, h0, figures = sweep(
+                layout, segments, carry, anchors, ct, fragments, **options
+            )
+            figures["rebuild"] = None
         return Cotangents(grads, h0, ct_log_det, ct_condition, figures)
 
 

@@ -60,6 +60,127 @@ def _add(total, more):
     return None if total is None else jax.tree.map(jnp.add, total, more)
 
 
+def sweep_segment(
+    layout: AbstractLayout,
+    segment: AbstractLayout,
+    j,
+    start: Carry,
+    h,
+    h_end,
+    grads: PyTree,
+    vijp,
+    fragments: PyTree,
+    ct_log_det,
+    *,
+    on_drift: str,
+    tolerance: float,
+    check_vijp: bool,
+    short_segments: bool,
+    start_cotangent: bool,
+) -> tuple:
+    """Sweep segment `j` from `start`, its cotangent there being `h` (its anchor),
+    to its end, where the exact cotangent is `h_end`.
+
+    **Returns:**
+
+    `(end, ct_condition, h_start, grads, vijp, drift, drifted)`: the carry at the
+    segment's end, the condition's cotangent from the segment, and the segment's
+    start cotangent (with `start_cotangent`, else `None`): the anchor, unless the
+    segment drifted and was redone (its repair's) or poisoned (NaN). A drift can
+    come from an inexact anchor (rebuilt with inverses, one can be inexact where
+    the rebuilt start matched), so only the repair's is known to be exact.
+    """
+    zero_condition = jax.tree.map(jnp.zeros_like, start.condition)
+
+    def layer_step(state, layer, index):
+        carry, h, ct_condition, grads, vijp = state
+        fragment = layout.read(fragments, index) if needs_fragment(layer) else None
+
+        def step(carry, h, fragment):
+            out, h_y, g, g_condition = inverse_jvp_and_grads(
+                layer, carry, h, ct_log_det, fragment, index=index
+            )
+            error = None
+            if check_vijp:
+                back = input_vjp(layer, carry, h_y, ct_log_det, index=index)
+                error = relative_difference(back, h)
+            # The barrier also forces the parameter gradient to be computed now,
+            # while `x` and `h` are alive, rather than late with every `x` kept.
+            return barrier((out.x, out.log_det, h_y, g, g_condition, error))
+
+        x, log_det, h, g, g_condition, error = layout.isolate(step, carry, h, fragment)
+        grads = layout.write(grads, index, g)
+        if check_vijp:
+            vijp = vijp.at[index.position].set(error)
+        out = replace(carry, x=x, log_det=log_det)
+        return out, h, _add(ct_condition, g_condition), grads, vijp
+
+    inner = (start, h, zero_condition, grads, vijp)
+    end, h_swept, ct_condition, grads, vijp = segment.scan(layer_step, inner)
+    drift = relative_difference(h_swept, h_end)
+    drifted = jnp.logical_not(drift <= tolerance)  # NaN drifts
+    h_start = h if start_cotangent else None
+    if on_drift == "repair":
+        # Written over where the segment's gradients lie: a stack's part would be
+        # a slice, a copy of them (a segment's parameters, measured).
+        part, owner = layout.part(grads, segment)
+
+        def repair(part, own, *h_start):
+            part, own, ct_start = recompute_grads(
+                segment,
+                start,
+                h_end,
+                ct_log_det,
+                part,
+                owner=owner,
+                short=short_segments,
+            )
+            return part, own, *((ct_start,) if h_start else ())
+
+        keep = lambda part, own, *h_start: (part, own, *h_start)
+        kept = () if h_start is None else (h_start,)
+        part, ct_condition, *kept = jax.lax.cond(
+            drifted, repair, keep, part, ct_condition, *kept
+        )
+        grads = layout.with_part(grads, segment, part, owner)
+        h_start = kept[0] if kept else None
+    elif on_drift == "nan":
+        poison = lambda a: jnp.where(drifted, jnp.nan, a)
+        block = jax.tree.map(poison, layout.block(grads, segment))
+        grads = layout.with_block(grads, segment, block)
+        h_start = None if h_start is None else poison(h_start)
+    elif on_drift == "error":
+        block = eqx.error_if(
+            layout.block(grads, segment),
+            drifted,
+            "the forward sweep drifted from the exact cotangent beyond its "
+            "tolerance (see the report: `report=True`); use `on_drift='repair'`",
+        )
+        grads = layout.with_block(grads, segment, block)
+    return end, ct_condition, h_start, grads, vijp, drift, drifted
+
+
+def record(figures: dict, j, drift, drifted, vijp, on_drift: str) -> dict:
+    """`figures` with segment `j`'s drift and repair, and the vijp errors."""
+    dtype = figures["drift"].dtype
+    repaired = drifted.astype(dtype) if on_drift in ("repair", "nan") else 0
+    return {
+        **figures,
+        "drift": figures["drift"].at[j].set(drift),
+        "repaired": figures["repaired"].at[j].set(repaired),
+        "vijp": vijp,
+    }
+
+
+def empty_figures(layout: AbstractLayout, count: int, dtype, check_vijp: bool):
+    """The figures of a sweep of `count` segments, zeros (see `sweep`)."""
+    return {
+        "drift": jnp.zeros(count, dtype),
+        "repaired": jnp.zeros(count, dtype),
+        "vijp": jnp.zeros(len(layout), dtype) if check_vijp else None,
+    }
+
+
 def sweep(
     layout: AbstractLayout,
     segments: AbstractSegments,
@@ -97,45 +218,19 @@ def sweep(
     chain's input cotangent, and the figures of the report: per segment `"drift"`
     and `"repaired"` (1 where redone or poisoned), per layer `"vijp"` (with
     `check_vijp`). The input cotangent is the first anchor, unless the first
-    segment drifted: a drift there can come from an inexact first anchor (rebuilt
-    with inverses, it can be inexact where the rebuilt start matched), so the
-    one its repair computes replaces it (with `"nan"`: it is poisoned too).
+    segment drifted: then its repair's (with `"nan"`, NaN).
     """
     ct_out, ct_log_det = ct
-    if tolerance is None:
-        tolerance = drift_tolerance(jnp.result_type(carry.x))
-    count = len(segments)
-    grads = parameter_zeros(layout, carry)
-    ct_condition = jax.tree.map(jnp.zeros_like, carry.condition)
     dtype = jnp.result_type(carry.x)
-    figures = {
-        "drift": jnp.zeros(count, dtype),
-        "repaired": jnp.zeros(count, dtype),
-        "vijp": jnp.zeros(len(layout), dtype) if check_vijp else None,
-    }
-
-    def layer_step(state, layer, index):
-        carry, h, ct_condition, grads, vijp = state
-        fragment = layout.read(fragments, index) if needs_fragment(layer) else None
-
-        def step(carry, h, fragment):
-            out, h_y, g, g_condition = inverse_jvp_and_grads(
-                layer, carry, h, ct_log_det, fragment, index=index
-            )
-            error = None
-            if check_vijp:
-                back = input_vjp(layer, carry, h_y, ct_log_det, index=index)
-                error = relative_difference(back, h)
-            # The barrier also forces the parameter gradient to be computed now,
-            # while `x` and `h` are alive, rather than late with every `x` kept.
-            return barrier((out.x, out.log_det, h_y, g, g_condition, error))
-
-        x, log_det, h, g, g_condition, error = layout.isolate(step, carry, h, fragment)
-        grads = layout.write(grads, index, g)
-        if check_vijp:
-            vijp = vijp.at[index.position].set(error)
-        out = replace(carry, x=x, log_det=log_det)
-        return out, h, _add(ct_condition, g_condition), grads, vijp
+    if tolerance is None:
+        tolerance = drift_tolerance(dtype)
+    count = len(segments)
+    options = dict(
+        on_drift=on_drift,
+        tolerance=tolerance,
+        check_vijp=check_vijp,
+        short_segments=short_segments,
+    )
 
     def exact_end(j):
         """The exact cotangent at segment `j`'s end."""
@@ -147,66 +242,31 @@ def sweep(
     def segment_step(state, segment, j):
         carry, ct_condition, ct_x, grads, figures = state
         x, h = barrier((carry.x, segments.read(anchors, j)))
-        start = replace(carry, x=x)
-        zero_condition = jax.tree.map(jnp.zeros_like, ct_condition)
-        inner = (start, h, zero_condition, grads, figures["vijp"])
-        carry, h, own_condition, grads, vijp = segment.scan(layer_step, inner)
-        drift = relative_difference(h, exact_end(j))
-        drifted = jnp.logical_not(drift <= tolerance)  # NaN drifts
-        if on_drift == "repair":
-            # Written over where the segment's gradients lie: a stack's part would
-            # be a slice, a copy of them (a segment's parameters, measured).
-            part, owner = layout.part(grads, segment)
+        # The start cotangent matters only where the segment may be the first (a
+        # later one's start may have another shape than the chain's input).
+        first = not (isinstance(j, int) and j > 0)
+        carry, own, h, grads, vijp, drift, drifted = sweep_segment(
+            layout,
+            segment,
+            j,
+            replace(carry, x=x),
+            h,
+            exact_end(j),
+            grads,
+            figures["vijp"],
+            fragments,
+            ct_log_det,
+            start_cotangent=first,
+            **options,
+        )
+        if first:
+            ct_x = _at_first(j, h, ct_x)
+        figures = record(figures, j, drift, drifted, vijp, on_drift)
+        return carry, _add(ct_condition, own), ct_x, grads, figures
 
-            def repair(part, own, *first):
-                part, own, ct_start = recompute_grads(
-                    segment,
-                    start,
-                    exact_end(j),
-                    ct_log_det,
-                    part,
-                    owner=owner,
-                    short=short_segments,
-                )
-                return part, own, *((ct_start,) if first else ())
-
-            # The input cotangent goes through the branch only where the segment
-            # may be the first (a later one's start may have another shape).
-            first = () if isinstance(j, int) and j > 0 else (ct_x,)
-            part, own_condition, *first = jax.lax.cond(
-                drifted,
-                repair,
-                lambda part, own, *first: (part, own, *first),
-                part,
-                own_condition,
-                *first,
-            )
-            grads = layout.with_part(grads, segment, part, owner)
-            if first:
-                ct_x = _at_first(j, first[0], ct_x)
-        elif on_drift == "nan":
-            block = layout.block(grads, segment)
-            block = jax.tree.map(lambda g: jnp.where(drifted, jnp.nan, g), block)
-            grads = layout.with_block(grads, segment, block)
-            ct_x = _at_first(j, jnp.where(drifted, jnp.nan, ct_x), ct_x)
-        elif on_drift == "error":
-            block = layout.block(grads, segment)
-            block = eqx.error_if(
-                block,
-                drifted,
-                "the forward sweep drifted from the exact cotangent beyond its "
-                "tolerance (see the report: `report=True`); use `on_drift='repair'`",
-            )
-            grads = layout.with_block(grads, segment, block)
-        figures = {
-            "drift": figures["drift"].at[j].set(drift),
-            "repaired": figures["repaired"]
-            .at[j]
-            .set(drifted.astype(dtype) if on_drift in ("repair", "nan") else 0),
-            "vijp": vijp,
-        }
-        return carry, _add(ct_condition, own_condition), ct_x, grads, figures
-
+    grads = parameter_zeros(layout, carry)
+    ct_condition = jax.tree.map(jnp.zeros_like, carry.condition)
+    figures = empty_figures(layout, count, dtype, check_vijp)
     init = (carry, ct_condition, segments.read(anchors, 0), grads, figures)
     _, ct_condition, ct_x, grads, figures = segments.scan(segment_step, init)
     return grads, ct_condition, ct_x, figures
