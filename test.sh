@@ -5,7 +5,8 @@
 #
 #   bash test.sh                      # the unit tests (what every change runs)
 #   bash test.sh -m end_to_end        # the whole runs: benchmarks' smoke runs,
-#                                     # the docs' pages, the multi-device check
+#                                     # the docs' pages, the multi-device check,
+#                                     # the memory checks slowest to compile
 #   bash test.sh -m ''                # both (CI runs both, one after the other)
 #   bash test.sh -k coupling -x       # a subset of the unit tests
 #   bash test.sh tests/test_docs.py   # a file, whatever its tests' marks
