@@ -66,8 +66,7 @@ class Mixed(AbstractRuleMethod):
       is kept (`"ignore"`). A drift can also come from an inexact anchor, which
       `"rebuild"` can leave (see there): a repair also gives the exact anchor,
       which the segments before are then pulled back from (`"nan"` poisons them
-      too). Where the first segment drifted, the chain's input cotangent is its
-      repair's.
+      too), the chain's input cotangent included.
     - `drift_tolerance`: by default 16 units of round-off of the chain's dtype
       (2e-6 in float32).
     - `check_vijp`: also measure, at every layer, how far its `inverse_jvp` is from
@@ -131,7 +130,7 @@ class Mixed(AbstractRuleMethod):
             )
         else:
             h0, ct_log_det, anchors, fragments = linearised_backward(residuals, ct)
-            grads, ct_condition, h0, figures = sweep(
+            grads, ct_condition, figures = sweep(
                 layout, segments, carry, anchors, ct, fragments, **options
             )
             figures["rebuild"] = None

@@ -61,7 +61,7 @@ class Moonwalk(AbstractRuleMethod):
         h0 = input_cotangent_by_jvps(layout, carry, ct, self.chunk_size)
         segments = layout.segments(len(layout), views=True)
         anchors = segments.write(segments.zeros(lambda c: c.x, carry), 0, h0)
-        grads, ct_condition, h0, figures = sweep(
+        grads, ct_condition, figures = sweep(
             layout,
             segments,
             carry,

@@ -27,7 +27,7 @@ from .._carry import Carry, input_vjp, inverse, replace
 from .._layout import AbstractLayout, AbstractSegments
 from ._recompute import recompute_input_vjps
 from ._sweep import (
-    _add,
+    add_optional,
     drift_tolerance,
     empty_figures,
     parameter_zeros,
@@ -144,7 +144,7 @@ def rebuilt_backward(
         )
         figures = record(figures, j, drift, drifted, vijp, on_drift)
         figures["rebuild"] = figures["rebuild"].at[j].set(error)
-        return x_start, h, _add(ct_condition, own), grads, figures
+        return x_start, h, add_optional(ct_condition, own), grads, figures
 
     count = len(segments)
     figures = empty_figures(layout, count, dtype, check_vijp)

@@ -56,7 +56,8 @@ def relative_difference(got, want):
     return jnp.sqrt(jnp.sum((got - want) ** 2)) / jnp.where(size > 0, size, 1)
 
 
-def _add(total, more):
+def add_optional(total, more):
+    """`total + more` leaf by leaf, or `None` where there is no total."""
     return None if total is None else jax.tree.map(jnp.add, total, more)
 
 
@@ -113,7 +114,7 @@ def sweep_segment(
         if check_vijp:
             vijp = vijp.at[index.position].set(error)
         out = replace(carry, x=x, log_det=log_det)
-        return out, h, _add(ct_condition, g_condition), grads, vijp
+        return out, h, add_optional(ct_condition, g_condition), grads, vijp
 
     inner = (start, h, zero_condition, grads, vijp)
     end, h_swept, ct_condition, grads, vijp = segment.scan(layer_step, inner)
@@ -193,7 +194,7 @@ def sweep(
     tolerance: float | None = None,
     check_vijp: bool = False,
     short_segments: bool = False,
-) -> tuple[PyTree, Any, Any, dict]:
+) -> tuple[PyTree, Any, dict]:
     """Sweep the chain forwards, segment by segment.
 
     **Arguments:**
@@ -213,12 +214,14 @@ def sweep(
 
     **Returns:**
 
-    `(grads, ct_condition, ct_x, figures)`: per-layer parameter gradients in the
-    layout's storage, the condition's cotangent (`None` without a condition), the
-    chain's input cotangent, and the figures of the report: per segment `"drift"`
-    and `"repaired"` (1 where redone or poisoned), per layer `"vijp"` (with
-    `check_vijp`). The input cotangent is the first anchor, unless the first
-    segment drifted: then its repair's (with `"nan"`, NaN).
+    `(grads, ct_condition, figures)`: per-layer parameter gradients in the layout's
+    storage, the condition's cotangent (`None` without a condition), and the
+    figures of the report: per segment `"drift"` and `"repaired"` (1 where redone
+    or poisoned), per layer `"vijp"` (with `check_vijp`).
+
+    The anchors are taken as exact: backprop's cotangents, pulled back through
+    exact linearisation points (or, for Moonwalk, from JVPs). Rebuilt anchors are
+    not, and are checked before use instead (`_rebuilt.py`).
     """
     ct_out, ct_log_det = ct
     dtype = jnp.result_type(carry.x)
@@ -240,12 +243,9 @@ def sweep(
         return jnp.where(j + 1 < count, following, ct_out)
 
     def segment_step(state, segment, j):
-        carry, ct_condition, ct_x, grads, figures = state
+        carry, ct_condition, grads, figures = state
         x, h = barrier((carry.x, segments.read(anchors, j)))
-        # The start cotangent matters only where the segment may be the first (a
-        # later one's start may have another shape than the chain's input).
-        first = not (isinstance(j, int) and j > 0)
-        carry, own, h, grads, vijp, drift, drifted = sweep_segment(
+        carry, own, _, grads, vijp, drift, drifted = sweep_segment(
             layout,
             segment,
             j,
@@ -256,24 +256,15 @@ def sweep(
             figures["vijp"],
             fragments,
             ct_log_det,
-            start_cotangent=first,
+            start_cotangent=False,
             **options,
         )
-        if first:
-            ct_x = _at_first(j, h, ct_x)
         figures = record(figures, j, drift, drifted, vijp, on_drift)
-        return carry, _add(ct_condition, own), ct_x, grads, figures
+        return carry, add_optional(ct_condition, own), grads, figures
 
     grads = parameter_zeros(layout, carry)
     ct_condition = jax.tree.map(jnp.zeros_like, carry.condition)
     figures = empty_figures(layout, count, dtype, check_vijp)
-    init = (carry, ct_condition, segments.read(anchors, 0), grads, figures)
-    _, ct_condition, ct_x, grads, figures = segments.scan(segment_step, init)
-    return grads, ct_condition, ct_x, figures
-
-
-def _at_first(j, value, current):
-    """`value` for the first segment (`j == 0`), else `current`."""
-    if isinstance(j, int):
-        return value if j == 0 else current
-    return jnp.where(j == 0, value, current)
+    init = (carry, ct_condition, grads, figures)
+    _, ct_condition, grads, figures = segments.scan(segment_step, init)
+    return grads, ct_condition, figures
